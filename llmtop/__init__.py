@@ -1,0 +1,3 @@
+"""llmtop: a live load tester for LLM inference servers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""The hot-path parser for OpenAI-style SSE token streams.
+
+Per chunk it does a byte scan and appends one timestamp; JSON is parsed only for an error
+event. Tokens per chunk come from the stream's own `usage` when the server sends it on every
+chunk (vLLM's `continuous_usage_stats`): a chunk that raised `completion_tokens` by k carries k
+tokens, and a chunk that did not raise it (chat's role-only first chunk, the final usage chunk)
+carries none. Servers that put usage on the last chunk only (llama.cpp) fall back to "a chunk
+with non-empty text/content/token_ids carries one token", and the final usage gives the total.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from array import array
+
+from llmtop.metrics import records
+
+_INT = re.compile(rb"\s*(\d+)")
+_COMPLETION = b'"completion_tokens":'
+_PROMPT = b'"prompt_tokens":'
+_EMPTY_CHOICES = b'"choices":[]'
+_CONTENT_KEYS = (b'"text":"', b'"content":"', b'"token_ids":[')
+_CONTENT_EMPTY = (ord('"'), ord('"'), ord("]"))
+
+MODE_UNKNOWN = 0
+MODE_USAGE = 1  # usage on every chunk: count tokens by its deltas
+MODE_SCAN = 2  # no per-chunk usage: a chunk with non-empty content is one token
+
+
+class StreamState:
+    """Parser state of one response stream (one per request, reused by nothing)."""
+
+    __slots__ = (
+        "buf",
+        "chunk_ns",
+        "crlf",
+        "chunk_tokens",
+        "detail",
+        "done",
+        "error",
+        "first_ns",
+        "last_ns",
+        "mode",
+        "prompt_tokens",
+        "usage_tokens",
+    )
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.crlf: bool | None = None
+        self.chunk_ns = array("q")
+        self.chunk_tokens = array("i")
+        self.first_ns = 0
+        self.last_ns = 0
+        self.usage_tokens = -1  # last completion_tokens seen in usage
+        self.prompt_tokens = -1
+        self.mode = MODE_UNKNOWN
+        self.done = False
+        self.error: str | None = None
+        self.detail = ""
+
+    @property
+    def counted_tokens(self) -> int:
+        return sum(self.chunk_tokens)
+
+    @property
+    def output_tokens(self) -> int:
+        """Usage's count when the server gave one, else what the chunks carried."""
+        return self.usage_tokens if self.usage_tokens >= 0 else self.counted_tokens
+
+    def feed(self, body: bytes, t_ns: int) -> None:
+        """Consume one piece of the de-chunked HTTP body, received at `t_ns`."""
+        if self.buf:
+            body = self.buf + body
+            self.buf = b""
+        if self.crlf is None:
+            self.crlf = b"\r" in body
+        if self.crlf:  # "\r\n" line ends are legal SSE; fold them so one scan serves both
+            body = body.replace(b"\r\n", b"\n")
+        start = 0
+        while not self.done:
+            end = body.find(b"\n\n", start)
+            if end < 0:
+                if start < len(body):
+                    self.buf = body[start:]
+                return
+            self._event(body, start, end, t_ns)
+            start = end + 2
+
+    def _event(self, body: bytes, s: int, e: int, t_ns: int) -> None:
+        if not body.startswith(b"data:", s):
+            d = body.find(b"\ndata:", s, e)
+            if d < 0:
+                if body.startswith((b":", b"event:", b"id:", b"retry:"), s):
+                    return  # SSE comment or a field with no data: nothing to time
+                self._fail(records.MALFORMED, body[s : min(e, s + 80)])
+                return
+            s = d + 1
+        p = s + 5
+        if body[p] == 32:
+            p += 1
+        if body.startswith(b"[DONE]", p):
+            self.done = True
+            return
+        last = e - 1
+        while body[last] in b"\r\n ":
+            last -= 1
+        if body[p] != 123 or body[last] != 125:  # a JSON object: '{' ... '}'
+            self._fail(records.MALFORMED, body[s : min(e, s + 80)])
+            return
+        if body.find(b'"error"', p, e) >= 0 and self._error_event(body[p : last + 1]):
+            return
+        i = body.rfind(_COMPLETION, p, e)
+        if body.find(_EMPTY_CHOICES, p, e) >= 0:  # usage-only chunk: totals, no tokens
+            if i >= 0:
+                self.usage_tokens = int(_INT.match(body, i + 20).group(1))  # type: ignore[union-attr]
+                self._prompt(body, p, e)
+            return
+        mode = self.mode
+        if mode == MODE_UNKNOWN:
+            mode = self.mode = MODE_USAGE if i >= 0 else MODE_SCAN
+            if i >= 0:
+                self._prompt(body, p, e)
+        if mode == MODE_USAGE and i >= 0:
+            n = int(_INT.match(body, i + 20).group(1))  # type: ignore[union-attr]
+            k = n - (self.usage_tokens if self.usage_tokens > 0 else 0)
+            self.usage_tokens = n
+            if k <= 0:
+                return
+        else:
+            if i >= 0:  # usage arrived late (last chunk only): it is the total
+                self.usage_tokens = int(_INT.match(body, i + 20).group(1))  # type: ignore[union-attr]
+            k = 0
+            for key, empty in zip(_CONTENT_KEYS, _CONTENT_EMPTY, strict=True):
+                j = body.find(key, p, e)
+                if j >= 0 and body[j + len(key)] != empty:
+                    k = 1
+                    break
+            if not k:
+                return
+        if not self.first_ns:
+            self.first_ns = t_ns
+        self.last_ns = t_ns
+        self.chunk_ns.append(t_ns)
+        self.chunk_tokens.append(k)
+
+    def _prompt(self, body: bytes, p: int, e: int) -> None:
+        j = body.find(_PROMPT, p, e)
+        if j >= 0:
+            self.prompt_tokens = int(_INT.match(body, j + 16).group(1))  # type: ignore[union-attr]
+
+    def _error_event(self, payload: bytes) -> bool:
+        try:
+            obj = json.loads(payload)
+        except ValueError:
+            self._fail(records.MALFORMED, payload[:80])
+            return True
+        if not isinstance(obj, dict):
+            return False
+        err = obj.get("error")
+        if err is None and obj.get("object") != "error":
+            return False
+        message = err.get("message", err) if isinstance(err, dict) else (err or obj.get("message"))
+        self._fail(records.STREAM_ERROR, str(message).encode()[:160])
+        return True
+
+    def _fail(self, kind: str, detail: bytes) -> None:
+        self.error = kind
+        self.detail = detail.decode("utf-8", "replace").strip()
+        self.done = True

@@ -1,0 +1,119 @@
+"""Frozen run configuration, shared by the CLI, the load process and the reports.
+
+Everything here is plain data (picklable, JSON-able) so it can cross into the spawned load
+process and be written into the JSON output verbatim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Api = Literal["completions", "chat"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where requests go and how they authenticate; `api_key` never leaves this object."""
+
+    url: str
+    api: Api = "completions"
+    model: str = ""
+    api_key: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = ()
+    simulated: dict[str, Any] | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What may be written to files and screens: header values and the key are hidden."""
+        return {
+            "url": self.url,
+            "api": self.api,
+            "model": self.model,
+            "api_key": "***" if self.api_key else None,
+            "headers": {k: "***" for k, _ in self.headers},
+            "simulated": self.simulated is not None,
+            "sim": self.simulated,
+        }
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Synthetic prompts of exact token length (token-id prompts where the server takes them)."""
+
+    input_len: int = 128
+    output_len: int = 128
+    ignore_eos: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Open loop (a rate) or closed loop (a concurrency), and when to stop."""
+
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    concurrency: int | None = None
+    duration_s: float | None = None
+    num_requests: int | None = None
+    warmup_s: float = 0.0
+    seed: int = 0
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.concurrency is not None
+
+    def describe(self) -> str:
+        if self.closed_loop:
+            return f"closed loop, {self.concurrency} concurrent"
+        rate = "inf" if math.isinf(self.request_rate) else f"{self.request_rate:g} req/s"
+        shape = "Poisson" if self.burstiness == 1.0 else f"gamma burstiness {self.burstiness:g}"
+        cap = f", max {self.max_concurrency} in flight" if self.max_concurrency else ""
+        return f"open loop, {rate} ({shape}){cap}"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What this server accepts, found by the preflight; the load process sends only this."""
+
+    token_id_prompts: bool = True
+    continuous_usage: bool = True
+    include_usage: bool = True
+    ignore_eos: bool = True
+    token_vocab: tuple[int, int] = (100, 1000)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 10.0
+    request_s: float = 600.0
+    read_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the load process needs; built once by the CLI."""
+
+    target: Target
+    workload: Workload = Workload()
+    plan: LoadPlan = LoadPlan()
+    dialect: Dialect = Dialect()
+    timeouts: Timeouts = Timeouts()
+    window_s: float = 10.0
+    text_prompts: tuple[str, ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        """The configuration as written to JSON, with secrets hidden."""
+        plan = dataclasses.asdict(self.plan)
+        if math.isinf(plan["request_rate"]):
+            plan["request_rate"] = "inf"
+        return {
+            "target": self.target.public(),
+            "workload": dataclasses.asdict(self.workload),
+            "plan": plan,
+            "dialect": dataclasses.asdict(self.dialect),
+            "timeouts": dataclasses.asdict(self.timeouts),
+            "window_s": self.window_s,
+        }

@@ -1,0 +1,97 @@
+"""`llmtop run`: drive a load session to its end and report, surviving Ctrl-C and SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmtop import __version__
+from llmtop.config import RunConfig
+from llmtop.errors import LlmtopError
+from llmtop.report import print_summary, progress_line, write_json_atomic
+from llmtop.session import LoadSession
+
+STOP_GRACE_S = 5.0
+
+
+@dataclass
+class HeadlessResult:
+    summary: dict[str, Any]
+    interrupted: bool
+    failure: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Interrupts:
+    """Counts SIGINT/SIGTERM instead of raising, so results are never lost mid-write."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_headless(
+    config: RunConfig,
+    extra: dict[str, Any],
+    json_path: str | None,
+    progress: bool,
+) -> HeadlessResult:
+    """Run the load to its end (or to Ctrl-C), then print and save what was measured."""
+    session = LoadSession(config)
+    interrupted = False
+    last_line = 0.0
+    with _Interrupts() as interrupts:
+        session.start()
+        try:
+            stop_sent_at: float | None = None
+            while not session.finished:
+                frame = session.pump(0.05)
+                if interrupts.count and stop_sent_at is None:
+                    interrupted = True
+                    session.stop(cancel_in_flight=True)
+                    stop_sent_at = time.monotonic()
+                if stop_sent_at is not None and (
+                    interrupts.count > 1 or time.monotonic() - stop_sent_at > STOP_GRACE_S
+                ):
+                    break  # asked twice, or the child does not answer: keep what we have
+                if frame is not None and progress and time.monotonic() - last_line >= 1.0:
+                    last_line = time.monotonic()
+                    sys.stderr.write("\r\x1b[2K" + progress_line(frame))
+                    sys.stderr.flush()
+            for _ in range(3):  # whatever was shipped with the stop message
+                session.pump(0.02)
+        finally:
+            session.close()
+            session.tick(time.perf_counter_ns())
+            if progress:
+                sys.stderr.write("\r\x1b[2K")
+                sys.stderr.flush()
+    summary = session.summary()
+    summary.update(extra)
+    summary["llmtop_version"] = __version__
+    summary["interrupted"] = interrupted
+    if session.stopped is not None:
+        summary["stop_reason"] = session.stopped.reason
+    result = HeadlessResult(summary, interrupted, session.failure)
+    if json_path:
+        try:
+            write_json_atomic(json_path, summary)
+        except OSError as exc:
+            raise LlmtopError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+    print_summary(summary, sys.stdout)
+    return result

@@ -1,0 +1,138 @@
+"""The load process: a spawned child running the load loop on its own event loop.
+
+Rendering a terminal UI holds the GIL for milliseconds at a time; any token timestamp taken
+in that window would be late. So the loop that sends and timestamps lives in its own OS
+process (spawned, so it inherits no threads or UI state), on uvloop when installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing
+import signal
+import socket
+import traceback
+from typing import Any
+
+from llmtop.config import RunConfig
+from llmtop.load import channel as ch
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _amain(sock: socket.socket, config: RunConfig) -> None:
+    from llmtop.load.driver import LoadDriver
+
+    loop = asyncio.get_running_loop()
+    driver: LoadDriver | None = None
+
+    def on_message(msg: Any) -> None:
+        if driver is not None:
+            driver.on_control(msg)
+
+    def on_lost() -> None:  # the parent is gone: nobody will read our results; stop now
+        if driver is not None:
+            driver.request_stop("parent went away", cancel_in_flight=True)
+
+    transport, chan = await loop.create_unix_connection(
+        lambda: ch.ChildChannel(on_message, on_lost), sock=sock
+    )
+    try:
+        driver = LoadDriver(config, loop, chan.send)
+    except Exception as exc:
+        chan.send(ch.LoadFailed(f"{type(exc).__name__}: {exc}"))
+        transport.close()
+        return
+    # Collections of the young generation are cheap, but a full collection over thousands of
+    # live objects can stall the loop for milliseconds: freeze what exists and collect rarely.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 1000)
+    driver.start()
+    try:
+        await driver.finished
+    except asyncio.CancelledError:
+        pass
+    transport.close()
+    for _ in range(200):  # let the last records drain to the parent
+        if transport.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0.01)
+
+
+def child_main(sock: socket.socket, config: RunConfig) -> None:
+    """Entry point of the load process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_amain(sock, config))
+    except Exception as exc:  # last resort: tell the parent rather than print a traceback
+        try:
+            sock.sendall(ch.encode(ch.LoadFailed(f"load process crashed: {exc!r}")))
+            sock.sendall(ch.encode(ch.LoadFailed(traceback.format_exc(limit=5))))
+        except OSError:
+            pass
+    finally:
+        loop.close()
+
+
+class LoadProcess:
+    """The parent's handle on the load process: control out, messages in."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.channel: ch.ParentChannel | None = None
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent_sock, child_sock = socket.socketpair()
+        self.proc = ctx.Process(
+            target=child_main, args=(child_sock, self.config), name="llmtop-load", daemon=True
+        )
+        self.proc.start()
+        child_sock.close()
+        self.channel = ch.ParentChannel(parent_sock)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def send(self, msg: Any) -> None:
+        if self.channel is not None:
+            self.channel.send(msg)
+
+    def receive(self, timeout_s: float) -> list[Any]:
+        return self.channel.receive(timeout_s) if self.channel else []
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def set_rate(self, rate: float) -> None:
+        self.send(ch.RateSet(rate))
+
+    def stop(self, cancel_in_flight: bool = True) -> None:
+        self.send(ch.StopRequested(cancel_in_flight))
+
+    def join(self, timeout_s: float = 5.0) -> None:
+        """Wait for the child to end; kill it if it will not."""
+        if self.proc is None:
+            return
+        self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(2.0)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+        if self.channel is not None:
+            self.channel.close()

@@ -1,0 +1,244 @@
+"""Before the load starts: reach the server, pick the model, learn what requests it accepts.
+
+Runs in the parent with aiohttp (nothing here is timed). Each refusal becomes a one-line
+`TargetError`; a 400 on an optional field makes us drop that field, so servers that reject
+unknown fields (trtllm-serve's `extra="forbid"`) get only what they accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from llmtop.backends.http import error_detail
+from llmtop.backends.openai import api_path, body_fields, parse_url
+from llmtop.config import Dialect, RunConfig, Target
+from llmtop.errors import TargetError
+
+PROBE_INPUT_TOKENS = 8
+PROBE_OUTPUT_TOKENS = 3
+TEXT_POOL = 32
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "de", "po", "an", "el", "or", "ti")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    model: str
+    models: tuple[str, ...]
+    dialect: Dialect
+    text_prompts: tuple[str, ...]
+    server_header: str
+    notes: tuple[str, ...]
+
+
+def _headers(target: Target) -> dict[str, str]:
+    h = dict(target.headers)
+    if target.api_key:
+        h["Authorization"] = f"Bearer {target.api_key}"
+    return h
+
+
+def _auth_error(url: str, status: int) -> TargetError:
+    return TargetError(
+        f"{url} refused the request (HTTP {status}): check --api-key / OPENAI_API_KEY"
+        " and --header"
+    )
+
+
+async def _get_models(
+    session: aiohttp.ClientSession, base: str, target: Target
+) -> tuple[list[str], str]:
+    url = f"{base}/v1/models"
+    try:
+        async with session.get(url, headers=_headers(target)) as resp:
+            server = resp.headers.get("Server", "")
+            if resp.status in (401, 403):
+                raise _auth_error(target.url, resp.status)
+            if resp.status != 200:
+                return [], server
+            data = await resp.json(content_type=None)
+    except aiohttp.ClientConnectorError as exc:
+        raise TargetError(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
+    except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
+        raise TargetError(f"{target.url} did not answer /v1/models properly: {exc!r}") from None
+    models = [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)]
+    return [m for m in models if m], server
+
+
+def _probe_body(config: RunConfig, dialect: Dialect, text: str) -> dict[str, Any]:
+    fields = body_fields(
+        dataclasses.replace(
+            config,
+            workload=dataclasses.replace(config.workload, output_len=PROBE_OUTPUT_TOKENS),
+        ),
+        dialect,
+    )
+    if config.target.api == "chat":
+        return {"messages": [{"role": "user", "content": text}], **fields}
+    if dialect.token_id_prompts:
+        lo, hi = dialect.token_vocab
+        rng = random.Random(1)
+        return {"prompt": [rng.randrange(lo, hi) for _ in range(PROBE_INPUT_TOKENS)], **fields}
+    return {"prompt": text, **fields}
+
+
+async def _probe(
+    session: aiohttp.ClientSession, url: str, target: Target, body: dict[str, Any]
+) -> tuple[int, str, bool]:
+    """POST one short streaming request; (status, error detail, usage on every chunk)."""
+    try:
+        async with session.post(url, json=body, headers=_headers(target)) as resp:
+            if resp.status != 200:
+                return resp.status, error_detail(await resp.read()), False
+            chunks = 0
+            with_usage = 0
+            async for line in resp.content:
+                line = line.strip()
+                if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
+                    continue
+                if b'"choices":[]' in line:
+                    continue
+                chunks += 1
+                if b'"completion_tokens"' in line:
+                    with_usage += 1
+                if b'"error"' in line:
+                    return 200, error_detail(line[5:].strip()), False
+            return 200, "", chunks > 0 and with_usage == chunks
+    except aiohttp.ClientConnectorError as exc:
+        raise TargetError(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TargetError(f"{target.url} failed a test request: {exc!r}") from None
+
+
+def _words(rng: random.Random, n: int) -> list[str]:
+    return [
+        "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n)
+    ]
+
+
+async def _tokenize(
+    session: aiohttp.ClientSession, base: str, target: Target, text: str
+) -> int | None:
+    try:
+        async with session.post(
+            f"{base}/tokenize",
+            json={"model": target.model, "prompt": text, "add_special_tokens": False},
+            headers=_headers(target),
+        ) as resp:
+            if resp.status != 200:
+                return None
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, ValueError):
+        return None
+    count = data.get("count")
+    if isinstance(count, int):
+        return count
+    tokens = data.get("tokens")
+    return len(tokens) if isinstance(tokens, list) else None
+
+
+async def _text_prompts(
+    session: aiohttp.ClientSession, base: str, target: Target, n_tokens: int, seed: int
+) -> tuple[tuple[str, ...], bool]:
+    """Distinct texts of `n_tokens` tokens each, sized with /tokenize where there is one."""
+    rng = random.Random(seed)
+    texts: list[str] = []
+    exact = True
+    for _ in range(TEXT_POOL):
+        words = _words(rng, max(n_tokens, 1))
+        count = await _tokenize(session, base, target, " ".join(words))
+        if count is None:
+            exact = False
+            words = words[: max(1, round(n_tokens / 1.3))]
+        else:
+            for _ in range(6):  # converge: words per token is near 1 for these syllables
+                if count == n_tokens:
+                    break
+                if count > n_tokens:
+                    words = words[: max(1, len(words) - max(1, (count - n_tokens) // 2))]
+                else:
+                    words += _words(rng, max(1, (n_tokens - count) // 2))
+                count = await _tokenize(session, base, target, " ".join(words)) or count
+            exact = exact and count == n_tokens
+        texts.append(" ".join(words))
+    return tuple(texts), exact
+
+
+async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight:
+    target = config.target
+    endpoint = parse_url(target.url)
+    scheme = "https" if endpoint.ssl else "http"
+    base = f"{scheme}://{endpoint.host_header}{endpoint.base_path}"
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    notes: list[str] = []
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        models, server = await _get_models(session, base, target)
+        model = target.model
+        if not model:
+            if not models:
+                raise TargetError(f"{target.url} lists no models at /v1/models: pass --model")
+            model = models[0]
+        elif models and model not in models:
+            raise TargetError(
+                f"model {model!r} is not served by {target.url}; it serves: {', '.join(models)}"
+            )
+        target = dataclasses.replace(target, model=model)
+        config = dataclasses.replace(config, target=target)
+        url = base + api_path(endpoint, target.api)
+        dialect = Dialect(token_id_prompts=target.api != "chat")
+        probe_text = " ".join(_words(random.Random(2), PROBE_INPUT_TOKENS))
+        # Optional fields, dropped one at a time while the server answers 400.
+        fallbacks = [
+            ("continuous_usage", "usage on every chunk"),
+            ("include_usage", "stream_options"),
+            ("ignore_eos", "ignore_eos"),
+            ("token_id_prompts", "token-id prompts"),
+        ]
+        while True:
+            status, detail, per_chunk_usage = await _probe(
+                session, url, target, _probe_body(config, dialect, probe_text)
+            )
+            if status == 200 and not detail:
+                break
+            if status in (401, 403):
+                raise _auth_error(target.url, status)
+            if status == 404 and "model" in detail.lower():
+                raise TargetError(f"model {model!r} was refused by {target.url}: {detail}")
+            if status == 404:
+                raise TargetError(f"{url} not found (HTTP 404): is --api right? {detail}")
+            if status in (400, 422):
+                while fallbacks and not getattr(dialect, fallbacks[0][0]):
+                    fallbacks.pop(0)
+                if fallbacks:
+                    field_name, what = fallbacks.pop(0)
+                    dialect = dataclasses.replace(dialect, **{field_name: False})
+                    notes.append(f"server refused {what}; not sending it ({detail})")
+                    continue
+            if status == 200:
+                raise TargetError(f"{target.url} sent an error in its stream: {detail}")
+            raise TargetError(f"{target.url} answered a test request with HTTP {status}: {detail}")
+        if dialect.continuous_usage and not per_chunk_usage:
+            dialect = dataclasses.replace(dialect, continuous_usage=False)
+            notes.append("no usage on every chunk: one token per content chunk is assumed")
+        texts: tuple[str, ...] = ()
+        if target.api == "chat" or not dialect.token_id_prompts:
+            texts, exact = await _text_prompts(
+                session, base, target, config.workload.input_len, config.workload.seed
+            )
+            if not exact:
+                notes.append("no /tokenize: text prompt lengths are approximate")
+    return Preflight(model, tuple(models), dialect, texts, server, tuple(notes))
+
+
+def preflight(config: RunConfig) -> Preflight:
+    return asyncio.run(run_preflight(config))
+
+
+def describe_dialect(d: Dialect) -> str:
+    return json.dumps(dataclasses.asdict(d))

@@ -1,0 +1,121 @@
+"""Headless output: a live progress line on stderr and the final summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from llmtop.metrics.telemetry import Telemetry
+
+TABLE_METRICS = (
+    ("ttft_ms", "TTFT", "send → first generated token"),
+    ("tpot_ms", "TPOT", "(E2E − TTFT) / (output tokens − 1), per request"),
+    ("itl_ms", "ITL", "gap between token chunks, split per token"),
+    ("e2el_ms", "E2E", "send → last token"),
+    ("ttft_from_intended_ms", "TTFT*", "intended send → first token"),
+    ("e2el_from_intended_ms", "E2E*", "intended send → last token"),
+    ("send_slip_ms", "send slip", "actual − intended send"),
+    ("queue_wait_ms", "slot wait", "wait for a --max-concurrency slot"),
+)
+
+
+def _ms(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.2f}" if v < 1000 else f"{v:,.0f}"
+
+
+def progress_line(t: Telemetry) -> str:
+    w = t.window
+    rate = "inf" if math.isinf(t.offered_rate) else f"{t.offered_rate:g}"
+    parts = [
+        f"[{t.elapsed_s:6.1f}s] {t.phase:<9}",
+        f"rate {rate}/s",
+        f"sent {t.sent}",
+        f"in flight {t.in_flight}",
+        f"done {t.completed}",
+        f"failed {t.failed}",
+        f"TTFT p99 {_ms(w['ttft'].p99_ms)} ms",
+        f"TPOT p99 {_ms(w['tpot'].p99_ms)} ms",
+        f"{t.output_tps:,.0f} tok/s",
+    ]
+    if t.queued:
+        parts.insert(4, f"queued {t.queued}")
+    return "  ".join(parts)
+
+
+def print_summary(summary: dict[str, Any], out: TextIO) -> None:
+    """The end-of-run table, every metric labelled with what it measures."""
+    target = summary.get("target", {})
+    sim = target.get("sim")
+    where = target.get("url", "")
+    if sim:
+        where += f"  (simulated: {sim.get('engine')} {sim.get('model')} on {sim.get('gpu')})"
+    engine = summary.get("engine") or {}
+    lines = [
+        "",
+        f"target      {where}",
+        f"model       {target.get('model', '')}"
+        + (f"   engine {engine.get('name')} {engine.get('version', '')}" if engine else ""),
+        f"load        {summary.get('load', '')}",
+        f"duration    {summary['duration_s']:.2f} s   completed {summary['completed']}"
+        f"   failed {summary['failed']}"
+        + (f"   cancelled {summary['cancelled']}" if summary.get("cancelled") else ""),
+        f"throughput  {summary['request_throughput']:.2f} req/s   "
+        f"{summary['output_throughput']:,.1f} output tok/s   "
+        f"{summary['total_throughput']:,.1f} total tok/s",
+        f"tokens      {summary['input_tokens']:,} in   {summary['output_tokens']:,} out",
+    ]
+    if summary.get("errors"):
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(summary["errors"].items()))
+        lines.append(f"errors      {errs}")
+        for kind, detail in sorted(summary.get("error_examples", {}).items()):
+            if detail:
+                lines.append(f"            {kind}: {detail}")
+    lines.append("")
+    head = f"{'metric (ms)':<11}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'mean':>10}{'max':>10}"
+    lines.append(head + "   definition")
+    for key, label, definition in TABLE_METRICS:
+        m = summary.get(key)
+        if not m or not m.get("count"):
+            continue
+        cells = "".join(f"{_ms(m[p]):>10}" for p in ("p50", "p90", "p99", "p99.9", "mean", "max"))
+        lines.append(f"{label:<11}{cells}   {definition}")
+    lines.append("(* from the intended send time: includes any client-side delay)")
+    if summary.get("notes"):
+        lines.extend(f"note: {n}" for n in summary["notes"])
+    out.write("\n".join(lines) + "\n")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: write null / "inf"."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,134 @@
+"""The parent's side of a run: the load process, the collector and the telemetry it yields.
+
+Headless reporting and the UI both drive a `LoadSession`: `pump()` reads whatever the load
+process shipped, feeds the collector, and returns a telemetry frame when an interval closes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llmtop.config import RunConfig
+from llmtop.load import channel as ch
+from llmtop.load.process import LoadProcess
+from llmtop.metrics.collector import METRICS, Collector
+from llmtop.metrics.telemetry import Telemetry
+
+LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
+
+
+class LoadSession:
+    """Owns one load process and its collector."""
+
+    def __init__(self, config: RunConfig, interval_s: float = 0.25, encode: bool = False) -> None:
+        self.config = config
+        self.interval_s = interval_s
+        self.encode = encode
+        self.collector = Collector(config.window_s)
+        self.process = LoadProcess(config)
+        self.status: ch.StatusReported | None = None
+        self.stopped: ch.LoadStopped | None = None
+        self.failure: str | None = None
+        self.start_ns = 0
+        self._next_tick_ns = 0
+
+    def start(self) -> None:
+        self.start_ns = time.perf_counter_ns()
+        self._next_tick_ns = self.start_ns + round(self.interval_s * 1e9)
+        self.process.start()
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped is not None or self.failure is not None
+
+    def _dispatch(self, msg: Any) -> None:
+        if isinstance(msg, ch.RecordsShipped):
+            self.collector.add(msg.records)
+        elif isinstance(msg, ch.StatusReported):
+            self.status = msg
+        elif isinstance(msg, ch.MeasurementStarted):
+            self.collector.measurement_started(msg.t_ns)
+        elif isinstance(msg, ch.LoadStopped):
+            self.stopped = msg
+        elif isinstance(msg, ch.LoadFailed):
+            self.failure = self.failure or msg.message
+
+    def pump(self, timeout_s: float = 0.05) -> Telemetry | None:
+        """Read what arrived (waiting at most `timeout_s`); a frame when an interval closed."""
+        for msg in self.process.receive(timeout_s):
+            self._dispatch(msg)
+        if not self.finished and self.process.channel is not None and self.process.channel.closed:
+            if not self.process.alive:
+                self.failure = "the load process ended unexpectedly"
+        now = time.perf_counter_ns()
+        if now >= self._next_tick_ns or self.finished:
+            self._next_tick_ns = now + round(self.interval_s * 1e9)
+            return self.tick(now)
+        return None
+
+    def tick(self, now_ns: int) -> Telemetry:
+        interval = self.collector.tick(now_ns)
+        window = self.collector.window_summary(LIVE_METRICS)
+        counts, span_s = self.collector.window_counts()
+        st = self.status
+        total = self.collector.counts
+        encoded: dict[str, bytes] = {}
+        if self.encode:
+            for m in METRICS:
+                h = interval.histograms[m]
+                if h.get_total_count():
+                    encoded[m] = h.encode()
+        return Telemetry(
+            t_ns=now_ns,
+            elapsed_s=(now_ns - self.start_ns) / 1e9,
+            phase=st.phase if st else "starting",
+            offered_rate=st.offered_rate if st else self.config.plan.request_rate,
+            paused=st.paused if st else False,
+            sent=st.sent if st else 0,
+            in_flight=st.in_flight if st else 0,
+            queued=st.queued if st else 0,
+            completed=total.completed,
+            failed=total.failed,
+            errors=dict(total.errors),
+            window_s=span_s,
+            window=window,
+            request_rate=counts.completed / span_s if span_s else 0.0,
+            output_tps=counts.output_tokens / span_s if span_s else 0.0,
+            total_tps=(counts.output_tokens + counts.input_tokens) / span_s if span_s else 0.0,
+            load_cpu_s=st.load_cpu_s if st else 0.0,
+            precise_pacer=st.precise_pacer if st else False,
+            connections=st.connections if st else 0,
+            interval_histograms=encoded,
+        )
+
+    # -- control ------------------------------------------------------------------------
+    def set_rate(self, rate: float) -> None:
+        self.process.send(ch.RateSet(rate))
+
+    def set_concurrency(self, concurrency: int) -> None:
+        self.process.send(ch.ConcurrencySet(concurrency))
+
+    def pause(self) -> None:
+        self.process.send(ch.Paused())
+
+    def resume(self) -> None:
+        self.process.send(ch.Resumed())
+
+    def stop(self, cancel_in_flight: bool = True) -> None:
+        self.process.send(ch.StopRequested(cancel_in_flight))
+
+    def wait_stopped(self, timeout_s: float) -> None:
+        """Keep collecting until the load process says it stopped (or the time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.finished and time.monotonic() < deadline:
+            self.pump(0.05)
+
+    def close(self) -> None:
+        self.process.join(5.0)
+
+    def summary(self) -> dict[str, Any]:
+        out = self.collector.summary()
+        out["load_cpu_s"] = self.status.load_cpu_s if self.status else 0.0
+        out["precise_pacer"] = self.status.precise_pacer if self.status else False
+        return out

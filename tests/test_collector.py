@@ -1,0 +1,136 @@
+"""The collector turns raw records into exactly the metrics DESIGN.md defines."""
+
+from __future__ import annotations
+
+from array import array
+
+import pytest
+from hdrh.histogram import HdrHistogram
+
+from llmtop.metrics import records
+from llmtop.metrics.collector import Collector
+from llmtop.metrics.records import RequestRecord
+
+MS = 1_000_000
+
+
+def rec(
+    intended: int = 0,
+    send: int = 0,
+    chunks: list[tuple[int, int]] | None = None,
+    output_tokens: int | None = None,
+    error: str | None = None,
+    measured: bool = True,
+    slot: int | None = None,
+    end: int | None = None,
+) -> RequestRecord:
+    chunks = chunks or []
+    stamps = array("q", [t for t, _ in chunks])
+    counts = array("i", [k for _, k in chunks])
+    n = output_tokens if output_tokens is not None else sum(counts)
+    return RequestRecord(
+        intended,
+        slot if slot is not None else intended,
+        send,
+        stamps[0] if stamps else 0,
+        stamps[-1] if stamps else 0,
+        end if end is not None else (stamps[-1] if stamps else send),
+        10,
+        n,
+        stamps.tobytes(),
+        counts.tobytes(),
+        error,
+        "detail" if error else "",
+        measured,
+    )
+
+
+def test_ttft_e2e_tpot_and_slip() -> None:
+    c = Collector()
+    c.measurement_started(0)
+    # intended at 0, sent 2 ms late, first token at 52 ms, then 4 more 10 ms apart
+    chunks = [(52 * MS + i * 10 * MS, 1) for i in range(5)]
+    c.add([rec(intended=0, send=2 * MS, chunks=chunks)])
+    c.tick(200 * MS)
+    s = c.summary()
+    assert s["ttft_ms"]["p50"] == pytest.approx(50.0, rel=1e-3)
+    assert s["e2el_ms"]["p50"] == pytest.approx(90.0, rel=1e-3)
+    assert s["tpot_ms"]["p50"] == pytest.approx(10.0, rel=1e-3)
+    assert s["itl_ms"]["count"] == 4 and s["itl_ms"]["p50"] == pytest.approx(10.0, rel=1e-3)
+    assert s["send_slip_ms"]["p50"] == pytest.approx(2.0, rel=1e-3)
+    assert s["ttft_from_intended_ms"]["p50"] == pytest.approx(52.0, rel=1e-3)
+    assert s["completed"] == 1 and s["output_tokens"] == 5 and s["input_tokens"] == 10
+
+
+def test_chunk_with_k_tokens_gives_k_itl_samples_of_gap_over_k() -> None:
+    c = Collector()
+    chunks = [(10 * MS, 1), (40 * MS, 3), (50 * MS, 1)]  # 30 ms gap carrying 3 tokens
+    c.add([rec(chunks=chunks)])
+    c.tick(100 * MS)
+    h = c.cumulative["itl"]
+    assert h.get_total_count() == 4
+    assert h.get_count_at_value(10_000) == 4  # three of 30/3 ms and one of 10 ms
+    # TPOT uses usage's token count: (50 − 10) / (5 − 1) = 10 ms
+    assert c.summary()["tpot_ms"]["p50"] == pytest.approx(10.0, rel=1e-3)
+
+
+def test_failures_warmup_and_cancelled_are_kept_apart() -> None:
+    c = Collector()
+    c.add(
+        [
+            rec(chunks=[(5 * MS, 1)], measured=False),
+            rec(error=records.http_error(429)),
+            rec(error=records.STREAM_CUT, chunks=[(5 * MS, 1)]),
+            rec(error=records.CANCELLED),
+            rec(chunks=[(5 * MS, 1), (6 * MS, 1)]),
+        ]
+    )
+    c.tick(10 * MS)
+    s = c.summary()
+    assert s["completed"] == 1 and s["failed"] == 2 and s["cancelled"] == 1
+    assert s["warmup_requests"] == 1
+    assert s["errors"] == {"http_429": 1, "stream_cut": 1}
+    assert s["ttft_ms"]["count"] == 1  # failed requests put nothing in latency histograms
+    assert s["send_slip_ms"]["count"] == 3  # but every sent, measured request has a slip
+
+
+def test_window_slides_and_cumulative_keeps_everything() -> None:
+    c = Collector(window_s=1.0)
+    for i in range(10):  # one request per 250 ms interval, TTFT growing
+        t0 = i * 250 * MS
+        c.add([rec(intended=t0, send=t0, chunks=[(t0 + (i + 1) * MS, 1)])])
+        c.tick(t0 + 250 * MS)
+    w = c.window_summary(["ttft"])["ttft"]
+    assert w.count == 4  # only the last second
+    assert w.p50_ms >= 7.0
+    assert c.cumulative["ttft"].get_total_count() == 10
+    counts, span = c.window_counts()
+    assert counts.completed == 4 and span == pytest.approx(1.0)
+
+
+def test_throughput_over_measured_duration() -> None:
+    c = Collector()
+    c.measurement_started(0)
+    c.add([rec(send=0, chunks=[(MS, 1), (2 * MS, 1)], end=2000 * MS) for _ in range(4)])
+    c.tick(3000 * MS)
+    s = c.summary()
+    assert s["duration_s"] == pytest.approx(2.0)
+    assert s["request_throughput"] == pytest.approx(2.0)
+    assert s["output_throughput"] == pytest.approx(4.0)
+
+
+def test_out_of_range_values_are_counted_not_lost_silently() -> None:
+    c = Collector()
+    c.add([rec(chunks=[(2 * 3600 * 1000 * MS, 1)])])  # a two-hour TTFT
+    c.tick(1)
+    assert c.summary()["out_of_range"]["ttft"] == 1
+
+
+def test_interval_histograms_merge_exactly() -> None:
+    c = Collector()
+    for i in range(3):
+        c.add([rec(chunks=[((j + 1) * MS, 1)]) for j in range(100 * (i + 1))])
+        iv = c.tick((i + 1) * 1000 * MS)
+        decoded = HdrHistogram.decode(iv.histograms["ttft"].encode())
+        assert decoded.get_total_count() == 100 * (i + 1)
+    assert c.cumulative["ttft"].get_total_count() == 600
