@@ -13,6 +13,7 @@ from llmtop.config import RunConfig
 from llmtop.errors import LlmtopError
 from llmtop.report import print_summary, progress_line, write_json_atomic
 from llmtop.session import LoadSession
+from llmtop.slo import Slo
 
 STOP_GRACE_S = 5.0
 
@@ -50,9 +51,10 @@ def run_headless(
     extra: dict[str, Any],
     json_path: str | None,
     progress: bool,
+    slo: Slo | None = None,
 ) -> HeadlessResult:
     """Run the load to its end (or to Ctrl-C), then print and save what was measured."""
-    session = LoadSession(config)
+    session = LoadSession(config, slo)
     interrupted = False
     last_line = 0.0
     with _Interrupts() as interrupts:

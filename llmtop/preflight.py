@@ -46,8 +46,7 @@ def _headers(target: Target) -> dict[str, str]:
 
 def _auth_error(url: str, status: int) -> TargetError:
     return TargetError(
-        f"{url} refused the request (HTTP {status}): check --api-key / OPENAI_API_KEY"
-        " and --header"
+        f"{url} refused the request (HTTP {status}): check --api-key / OPENAI_API_KEY and --header"
     )
 
 
@@ -117,9 +116,7 @@ async def _probe(
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
-    return [
-        "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n)
-    ]
+    return ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n)]
 
 
 async def _tokenize(

@@ -77,7 +77,9 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
             if detail:
                 lines.append(f"            {kind}: {detail}")
     lines.append("")
-    head = f"{'metric (ms)':<11}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'mean':>10}{'max':>10}"
+    head = (
+        f"{'metric (ms)':<11}{'p50':>10}{'p90':>10}{'p99':>10}{'p99.9':>10}{'mean':>10}{'max':>10}"
+    )
     lines.append(head + "   definition")
     for key, label, definition in TABLE_METRICS:
         m = summary.get(key)

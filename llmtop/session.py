@@ -12,8 +12,9 @@ from typing import Any
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
 from llmtop.load.process import LoadProcess
-from llmtop.metrics.collector import METRICS, Collector
-from llmtop.metrics.telemetry import Telemetry
+from llmtop.metrics.collector import METRICS, Collector, error_rate, step_summary
+from llmtop.metrics.telemetry import SeriesPoint, Telemetry
+from llmtop.slo import Slo, histogram_value_ms
 
 LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
 
@@ -21,11 +22,22 @@ LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
 class LoadSession:
     """Owns one load process and its collector."""
 
-    def __init__(self, config: RunConfig, interval_s: float = 0.25, encode: bool = False) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        slo: Slo | None = None,
+        interval_s: float = 0.25,
+        encode: bool = False,
+        server_sample: Any = None,
+    ) -> None:
         self.config = config
+        self.slo = slo or Slo()
         self.interval_s = interval_s
         self.encode = encode
-        self.collector = Collector(config.window_s)
+        self.server_sample = server_sample  # callable → latest server metrics dict, or None
+        self.collector = Collector(config.window_s, self.slo.per_request_limits_ms())
+        self.series: list[SeriesPoint] = []
+        self._next_series_ns = 0
         self.process = LoadProcess(config)
         self.status: ch.StatusReported | None = None
         self.stopped: ch.LoadStopped | None = None
@@ -37,6 +49,9 @@ class LoadSession:
         self.start_ns = time.perf_counter_ns()
         self._next_tick_ns = self.start_ns + round(self.interval_s * 1e9)
         self.process.start()
+        plan = self.config.plan
+        offered = float(plan.concurrency) if plan.closed_loop else plan.request_rate
+        self.collector.begin_step(self.start_ns, offered)
 
     @property
     def finished(self) -> bool:
@@ -58,9 +73,9 @@ class LoadSession:
         """Read what arrived (waiting at most `timeout_s`); a frame when an interval closed."""
         for msg in self.process.receive(timeout_s):
             self._dispatch(msg)
-        if not self.finished and self.process.channel is not None and self.process.channel.closed:
-            if not self.process.alive:
-                self.failure = "the load process ended unexpectedly"
+        chan = self.process.channel
+        if not self.finished and chan is not None and chan.closed and not self.process.alive:
+            self.failure = "the load process ended unexpectedly"
         now = time.perf_counter_ns()
         if now >= self._next_tick_ns or self.finished:
             self._next_tick_ns = now + round(self.interval_s * 1e9)
@@ -71,6 +86,8 @@ class LoadSession:
         interval = self.collector.tick(now_ns)
         window = self.collector.window_summary(LIVE_METRICS)
         counts, span_s = self.collector.window_counts()
+        slo_results = self.slo.evaluate(self._window_value, error_rate(counts)) if self.slo else []
+        server = self.server_sample() if self.server_sample is not None else None
         st = self.status
         total = self.collector.counts
         encoded: dict[str, bytes] = {}
@@ -79,7 +96,7 @@ class LoadSession:
                 h = interval.histograms[m]
                 if h.get_total_count():
                     encoded[m] = h.encode()
-        return Telemetry(
+        frame = Telemetry(
             t_ns=now_ns,
             elapsed_s=(now_ns - self.start_ns) / 1e9,
             phase=st.phase if st else "starting",
@@ -100,14 +117,34 @@ class LoadSession:
             precise_pacer=st.precise_pacer if st else False,
             connections=st.connections if st else 0,
             interval_histograms=encoded,
+            goodput=counts.good / span_s if span_s and self.slo else None,
+            slo=tuple(slo_results),
+            step_index=len(self.collector.steps) - 1,
+            server=server,
         )
+        if now_ns >= self._next_series_ns:
+            self._next_series_ns = now_ns + 1_000_000_000
+            self.series.append(SeriesPoint.from_telemetry(frame))
+        return frame
+
+    def _window_value(self, metric: str, stat: str) -> float:
+        """An SLO statistic over the live window (any percentile, from merged histograms)."""
+        merged = self.collector.window_histogram(metric)
+        return histogram_value_ms({metric: merged}, metric, stat)
 
     # -- control ------------------------------------------------------------------------
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, label: str = "") -> None:
+        """Change the offered rate now; a new rate step starts with it."""
         self.process.send(ch.RateSet(rate))
+        self.collector.begin_step(time.perf_counter_ns(), rate, label)
 
-    def set_concurrency(self, concurrency: int) -> None:
+    def set_concurrency(self, concurrency: int, label: str = "") -> None:
         self.process.send(ch.ConcurrencySet(concurrency))
+        self.collector.begin_step(time.perf_counter_ns(), float(concurrency), label)
+
+    def step_summaries(self) -> list[dict[str, Any]]:
+        now = time.perf_counter_ns()
+        return [step_summary(s, self.slo, now) for s in self.collector.steps]
 
     def pause(self) -> None:
         self.process.send(ch.Paused())
@@ -129,6 +166,16 @@ class LoadSession:
 
     def summary(self) -> dict[str, Any]:
         out = self.collector.summary()
+        if self.slo:
+            c = self.collector.counts
+            results = self.slo.evaluate(
+                lambda m, st: histogram_value_ms(self.collector.cumulative, m, st), error_rate(c)
+            )
+            out["slo"] = {
+                "text": self.slo.text,
+                "ok": all(r.ok for r in results),
+                "limits": [{"limit": r.limit.text, "value": r.value, "ok": r.ok} for r in results],
+            }
         out["load_cpu_s"] = self.status.load_cpu_s if self.status else 0.0
         out["precise_pacer"] = self.status.precise_pacer if self.status else False
         return out

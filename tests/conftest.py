@@ -37,13 +37,20 @@ class CliResult:
         return json.loads(self.json_path.read_text())
 
 
-def run_cli(*args: str, json_path: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> CliResult:
+def run_cli(
+    *args: str,
+    json_path: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> CliResult:
     cmd = [sys.executable, "-m", "llmtop", *args]
     if json_path is not None:
         cmd += ["--json", str(json_path)]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("OPENAI_API_KEY", None) if env is None or "OPENAI_API_KEY" not in env else None
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env
+    )
     return CliResult(proc, json_path)
 
 

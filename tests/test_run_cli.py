@@ -19,8 +19,17 @@ FAST = ["--input-len", "16", "--output-len", "8"]
 
 
 def test_happy_path_exact_tokens_and_json_shape(fault_server: FaultServer, tmp_path: Path) -> None:
-    r = run_cli("run", "--url", fault_server.url, "--num-requests", "30", "--request-rate", "50",
-                *FAST, json_path=tmp_path / "out.json")
+    r = run_cli(
+        "run",
+        "--url",
+        fault_server.url,
+        "--num-requests",
+        "30",
+        "--request-rate",
+        "50",
+        *FAST,
+        json_path=tmp_path / "out.json",
+    )
     assert r.returncode == 0, r.stderr
     d = r.data
     assert d["completed"] == 30 and d["failed"] == 0 and d["errors"] == {}
@@ -43,8 +52,17 @@ def test_happy_path_exact_tokens_and_json_shape(fault_server: FaultServer, tmp_p
 
 def test_chat_api_counts_from_the_first_content_chunk(tmp_path: Path) -> None:
     with FaultServer(plan=lambda i, b: Behaviour(ttft_s=0.03)) as srv:
-        r = run_cli("run", "--url", srv.url, "--api", "chat", "--num-requests", "5", *FAST,
-                    json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--api",
+            "chat",
+            "--num-requests",
+            "5",
+            *FAST,
+            json_path=tmp_path / "o.json",
+        )
         assert r.returncode == 0, r.stderr
         assert r.data["completed"] == 5 and r.data["output_tokens"] == 40
         assert r.data["ttft_ms"]["p50"] >= 30.0  # not the instant role-only chunk
@@ -53,8 +71,18 @@ def test_chat_api_counts_from_the_first_content_chunk(tmp_path: Path) -> None:
 
 def test_multi_token_chunks_split_into_per_token_itl(tmp_path: Path) -> None:
     with FaultServer(plan=lambda i, b: Behaviour(tokens_per_chunk=4, itl_s=0.02)) as srv:
-        r = run_cli("run", "--url", srv.url, "--num-requests", "4", "--input-len", "8",
-                    "--output-len", "16", json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--num-requests",
+            "4",
+            "--input-len",
+            "8",
+            "--output-len",
+            "16",
+            json_path=tmp_path / "o.json",
+        )
     d = r.data
     assert d["output_tokens"] == 64
     assert d["itl_ms"]["count"] == 4 * 12  # 3 gaps × 4 tokens each, per request
@@ -65,8 +93,9 @@ def test_strict_server_gets_only_fields_it_accepts(tmp_path: Path) -> None:
     """Like trtllm-serve (`extra="forbid"`): unknown fields are a 400, so we drop them."""
     allowed = frozenset({"model", "prompt", "max_tokens", "stream", "stream_options"})
     with FaultServer(strict_fields=allowed) as srv:
-        r = run_cli("run", "--url", srv.url, "--num-requests", "3", *FAST,
-                    json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run", "--url", srv.url, "--num-requests", "3", *FAST, json_path=tmp_path / "o.json"
+        )
         assert r.returncode == 0, r.stderr
         assert "ignore_eos" in r.stderr  # said what it dropped
         assert r.data["completed"] == 3
@@ -80,8 +109,17 @@ def test_http_errors_are_counted_by_status(tmp_path: Path) -> None:
         return [Behaviour(), Behaviour("status", 429), Behaviour("status", 500)][i % 3]
 
     with FaultServer(plan=plan) as srv:
-        r = run_cli("run", "--url", srv.url, "--num-requests", "30", "--request-rate", "100",
-                    *FAST, json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--num-requests",
+            "30",
+            "--request-rate",
+            "100",
+            *FAST,
+            json_path=tmp_path / "o.json",
+        )
     assert r.returncode == 0, r.stderr
     d = r.data
     assert d["completed"] + d["failed"] == 30
@@ -100,8 +138,9 @@ def test_http_errors_are_counted_by_status(tmp_path: Path) -> None:
 )
 def test_broken_streams(behaviour: Behaviour, kind: str, tmp_path: Path) -> None:
     with FaultServer(plan=lambda i, b: Behaviour() if i == 0 else behaviour) as srv:
-        r = run_cli("run", "--url", srv.url, "--num-requests", "4", *FAST,
-                    json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run", "--url", srv.url, "--num-requests", "4", *FAST, json_path=tmp_path / "o.json"
+        )
     assert_one_line_error(r, "every request failed", kind)
     d = r.data  # the results are still written
     assert d["failed"] == 4 and d["errors"] == {kind: 4}
@@ -109,8 +148,17 @@ def test_broken_streams(behaviour: Behaviour, kind: str, tmp_path: Path) -> None
 
 def test_silent_server_times_out(tmp_path: Path) -> None:
     with FaultServer(plan=lambda i, b: Behaviour() if i == 0 else Behaviour("hang")) as srv:
-        r = run_cli("run", "--url", srv.url, "--num-requests", "2", "--read-timeout", "1",
-                    *FAST, json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--num-requests",
+            "2",
+            "--read-timeout",
+            "1",
+            *FAST,
+            json_path=tmp_path / "o.json",
+        )
     assert_one_line_error(r, "timeout")
     assert r.data["errors"] == {"timeout": 2}
 
@@ -132,8 +180,16 @@ def test_api_key_from_env_is_sent_and_never_written(tmp_path: Path) -> None:
     with FaultServer(require_key="s3cret-key") as srv:
         bad = run_cli("run", "--url", srv.url, "--num-requests", "1")
         assert_one_line_error(bad, "401", "api-key")
-        ok = run_cli("run", "--url", srv.url, "--num-requests", "2", *FAST,
-                     json_path=tmp_path / "o.json", env={"OPENAI_API_KEY": "s3cret-key"})
+        ok = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--num-requests",
+            "2",
+            *FAST,
+            json_path=tmp_path / "o.json",
+            env={"OPENAI_API_KEY": "s3cret-key"},
+        )
         assert ok.returncode == 0, ok.stderr
         assert srv.headers_seen[-1]["Authorization"] == "Bearer s3cret-key"
     text = (tmp_path / "o.json").read_text() + ok.stdout + ok.stderr
@@ -141,8 +197,17 @@ def test_api_key_from_env_is_sent_and_never_written(tmp_path: Path) -> None:
 
 
 def test_extra_headers_are_sent(fault_server: FaultServer, tmp_path: Path) -> None:
-    r = run_cli("run", "--url", fault_server.url, "--num-requests", "1", "--header",
-                "X-Tenant: blue", *FAST, json_path=tmp_path / "o.json")
+    r = run_cli(
+        "run",
+        "--url",
+        fault_server.url,
+        "--num-requests",
+        "1",
+        "--header",
+        "X-Tenant: blue",
+        *FAST,
+        json_path=tmp_path / "o.json",
+    )
     assert r.returncode == 0, r.stderr
     assert fault_server.headers_seen[-1]["X-Tenant"] == "blue"
     assert "blue" not in (tmp_path / "o.json").read_text()
@@ -174,9 +239,28 @@ def test_interrupt_keeps_results(sig: int, tmp_path: Path) -> None:
     out = tmp_path / "o.json"
     with FaultServer(plan=lambda i, b: Behaviour(itl_s=0.01)) as srv:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmtop", "run", "--url", srv.url, "--duration", "60",
-             "--request-rate", "20", "--input-len", "8", "--output-len", "50", "--json", str(out)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "llmtop",
+                "run",
+                "--url",
+                srv.url,
+                "--duration",
+                "60",
+                "--request-rate",
+                "20",
+                "--input-len",
+                "8",
+                "--output-len",
+                "50",
+                "--json",
+                str(out),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(3.0)
         proc.send_signal(sig)
@@ -193,8 +277,19 @@ def test_interrupt_keeps_results(sig: int, tmp_path: Path) -> None:
 
 def test_max_concurrency_wait_is_reported(tmp_path: Path) -> None:
     with FaultServer(plan=lambda i, b: Behaviour(ttft_s=0.05, itl_s=0.01)) as srv:
-        r = run_cli("run", "--url", srv.url, "--num-requests", "20", "--request-rate", "inf",
-                    "--max-concurrency", "2", *FAST, json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--num-requests",
+            "20",
+            "--request-rate",
+            "inf",
+            "--max-concurrency",
+            "2",
+            *FAST,
+            json_path=tmp_path / "o.json",
+        )
     d = r.data
     assert d["completed"] == 20
     # 20 requests, 2 at a time, ~120 ms each: the last waits ~1 s for a slot
@@ -206,8 +301,17 @@ def test_max_concurrency_wait_is_reported(tmp_path: Path) -> None:
 
 def test_closed_loop_concurrency(tmp_path: Path) -> None:
     with FaultServer(plan=lambda i, b: Behaviour(ttft_s=0.02, itl_s=0.005)) as srv:
-        r = run_cli("run", "--url", srv.url, "--concurrency", "3", "--num-requests", "15",
-                    *FAST, json_path=tmp_path / "o.json")
+        r = run_cli(
+            "run",
+            "--url",
+            srv.url,
+            "--concurrency",
+            "3",
+            "--num-requests",
+            "15",
+            *FAST,
+            json_path=tmp_path / "o.json",
+        )
     assert r.returncode == 0, r.stderr
     d = r.data
     assert d["completed"] == 15

@@ -137,7 +137,7 @@ def test_usage_on_last_chunk_only_is_a_total_not_a_burst() -> None:
 
 def test_crlf_framing_and_comments() -> None:
     s = StreamState()
-    s.feed(b": keep-alive\r\n\r\ndata: {\"choices\":[{\"text\":\"a\"}]}\r", 1)
+    s.feed(b': keep-alive\r\n\r\ndata: {"choices":[{"text":"a"}]}\r', 1)
     s.feed(b"\n\r\ndata: [DONE]\r\n\r\n", 2)
     assert list(s.chunk_ns) == [2] and s.done and s.error is None
 

@@ -268,7 +268,9 @@ class ConnectionPool:
             )
         except TimeoutError:
             ex.end_ns = time.perf_counter_ns()
-            self._finish(ex, ex.record(records.CONNECT, f"connect timed out to {self.host}:{self.port}"))
+            self._finish(
+                ex, ex.record(records.CONNECT, f"connect timed out to {self.host}:{self.port}")
+            )
             return
         except OSError as exc:
             ex.end_ns = time.perf_counter_ns()

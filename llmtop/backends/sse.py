@@ -5,7 +5,7 @@ event. Tokens per chunk come from the stream's own `usage` when the server sends
 chunk (vLLM's `continuous_usage_stats`): a chunk that raised `completion_tokens` by k carries k
 tokens, and a chunk that did not raise it (chat's role-only first chunk, the final usage chunk)
 carries none. Servers that put usage on the last chunk only (llama.cpp) fall back to "a chunk
-with non-empty text/content/token_ids carries one token", and the final usage gives the total.
+from the engine carries one token (see `_scan_carries_token`)", and the final usage gives the total.
 """
 
 from __future__ import annotations
@@ -20,8 +20,25 @@ _INT = re.compile(rb"\s*(\d+)")
 _COMPLETION = b'"completion_tokens":'
 _PROMPT = b'"prompt_tokens":'
 _EMPTY_CHOICES = b'"choices":[]'
-_CONTENT_KEYS = (b'"text":"', b'"content":"', b'"token_ids":[')
-_CONTENT_EMPTY = (ord('"'), ord('"'), ord("]"))
+_EMPTY_TEXT = (b'"text":""', b'"content":""', b'"content":null')
+
+
+def _scan_carries_token(body: bytes, p: int, e: int) -> bool:
+    """Without per-chunk usage: does this choices-chunk stand for a generated token?
+
+    vLLM sends a chunk per engine step even when the token's text is still empty (a partial
+    UTF-8 character held back), so empty text alone does not mean "no token". What does: chat's
+    role-only first chunk, an empty delta, or an empty chunk that only carries finish_reason.
+    """
+    if body.find(b'"delta":{}', p, e) >= 0:
+        return False
+    empty = any(body.find(k, p, e) >= 0 for k in _EMPTY_TEXT)
+    if not empty:
+        return True
+    if body.find(b'"role":', p, e) >= 0:
+        return False
+    return body.find(b'"finish_reason":"', p, e) < 0
+
 
 MODE_UNKNOWN = 0
 MODE_USAGE = 1  # usage on every chunk: count tokens by its deltas
@@ -34,8 +51,8 @@ class StreamState:
     __slots__ = (
         "buf",
         "chunk_ns",
-        "crlf",
         "chunk_tokens",
+        "crlf",
         "detail",
         "done",
         "error",
@@ -131,14 +148,9 @@ class StreamState:
         else:
             if i >= 0:  # usage arrived late (last chunk only): it is the total
                 self.usage_tokens = int(_INT.match(body, i + 20).group(1))  # type: ignore[union-attr]
-            k = 0
-            for key, empty in zip(_CONTENT_KEYS, _CONTENT_EMPTY, strict=True):
-                j = body.find(key, p, e)
-                if j >= 0 and body[j + len(key)] != empty:
-                    k = 1
-                    break
-            if not k:
+            if not _scan_carries_token(body, p, e):
                 return
+            k = 1
         if not self.first_ns:
             self.first_ns = t_ns
         self.last_ns = t_ns

@@ -7,7 +7,6 @@ formatting. Finished requests are batched as raw records and shipped every 100 m
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -232,11 +231,7 @@ class LoadDriver:
         now = time.perf_counter_ns()
         if self.phase == "warmup" and now >= self.measure_from_ns:
             self._enter_measuring()
-        if (
-            self.stop_at_ns is not None
-            and now >= self.stop_at_ns
-            and not self.stopping
-        ):
+        if self.stop_at_ns is not None and now >= self.stop_at_ns and not self.stopping:
             self.request_stop("duration reached", cancel_in_flight=False)
         self.ship(
             ch.StatusReported(
@@ -263,6 +258,10 @@ class LoadDriver:
                 continue
             quiet_since = ex.last_read_ns or ex.send_ns
             if now - ex.send_ns > total_ns:
-                ex.conn.fail(records.TIMEOUT, f"no complete response in {self.cfg.timeouts.request_s:g} s")
+                ex.conn.fail(
+                    records.TIMEOUT, f"no complete response in {self.cfg.timeouts.request_s:g} s"
+                )
             elif now - quiet_since > read_ns:
-                ex.conn.fail(records.TIMEOUT, f"nothing received for {self.cfg.timeouts.read_s:g} s")
+                ex.conn.fail(
+                    records.TIMEOUT, f"nothing received for {self.cfg.timeouts.read_s:g} s"
+                )

@@ -35,8 +35,7 @@ def _load_libc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.timerfd_create
-        libc.timerfd_settime
+        _ = (libc.timerfd_create, libc.timerfd_settime)
     except (OSError, AttributeError):
         return None
     return libc

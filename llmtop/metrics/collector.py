@@ -93,6 +93,7 @@ class Counts:
     """Plain counters of one interval (or of the whole run)."""
 
     completed: int = 0
+    good: int = 0  # completed within every per-request SLO limit (goodput)
     failed: int = 0
     cancelled: int = 0
     warmup: int = 0
@@ -102,12 +103,30 @@ class Counts:
 
     def add(self, other: Counts) -> None:
         self.completed += other.completed
+        self.good += other.good
         self.failed += other.failed
         self.cancelled += other.cancelled
         self.warmup += other.warmup
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.errors.update(other.errors)
+
+
+@dataclass
+class Step:
+    """A stretch of the run held at one offered load (a rate step of the UI or the knee)."""
+
+    index: int
+    offered: float  # req/s (open loop) or concurrency (closed loop)
+    start_ns: int
+    end_ns: int | None = None
+    histograms: dict[str, HdrHistogram] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
+    label: str = ""
+
+    def duration_s(self, now_ns: int | None = None) -> float:
+        end = self.end_ns if self.end_ns is not None else now_ns
+        return max(((end or self.start_ns) - self.start_ns) / 1e9, 0.0)
 
 
 @dataclass(frozen=True)
@@ -123,8 +142,14 @@ class Interval:
 class Collector:
     """Fills histograms from records; closes intervals on `tick(now_ns)`."""
 
-    def __init__(self, window_s: float = 10.0) -> None:
+    def __init__(
+        self, window_s: float = 10.0, request_limits_ms: dict[str, float] | None = None
+    ) -> None:
         self.window_s = window_s
+        self.request_limits_us = {m: v * 1000 for m, v in (request_limits_ms or {}).items()}
+        self.steps: list[Step] = []
+        self._rec_step: Step | None = None
+        self._window_cache: dict[str, HdrHistogram] = {}
         self.cumulative = {m: new_histogram() for m in METRICS}
         self.current = {m: new_histogram() for m in METRICS}
         self.counts = Counts()
@@ -149,29 +174,54 @@ class Collector:
         value_us = max(value_ns, 0) // 1000
         if not self.current[metric].record_value(value_us, count):
             self.out_of_range[metric] += count
+        elif self._rec_step is not None:
+            self._rec_step.histograms[metric].record_value(value_us, count)
+
+    def _step_of(self, intended_ns: int) -> Step | None:
+        """The step a request belongs to: the one running when it was scheduled to be sent."""
+        for step in reversed(self.steps):
+            if step.start_ns <= intended_ns:
+                return step
+        return None
 
     def _add(self, rec: RequestRecord) -> None:
-        c = self.current_counts
+        step = self._rec_step = self._step_of(rec.intended_ns) if self.steps else None
+        good = rec.error is None and rec.measured and self._within_limits(rec)
+        if step is not None:  # step counters follow the request's send time too
+            self._count(step.counts, rec, good)
+        self._count(self.current_counts, rec, good)
+        if rec.error == records.CANCELLED or not rec.measured:
+            return
+        self._record("send_slip", rec.send_ns - rec.intended_ns)
+        self._record("queue_wait", rec.slot_ns - rec.intended_ns)
+        if rec.error is not None:
+            return
+        self._add_latencies(rec)
+
+    def _count(self, c: Counts, rec: RequestRecord, good: bool) -> None:
         if rec.error == records.CANCELLED:
             c.cancelled += 1
             return
         if not rec.measured:
             c.warmup += 1
             return
-        if self.first_send_ns is None or rec.send_ns < self.first_send_ns:
-            self.first_send_ns = rec.send_ns
-        if self.last_end_ns is None or rec.end_ns > self.last_end_ns:
-            self.last_end_ns = rec.end_ns
-        self._record("send_slip", rec.send_ns - rec.intended_ns)
-        self._record("queue_wait", rec.slot_ns - rec.intended_ns)
+        if c is self.current_counts:
+            if self.first_send_ns is None or rec.send_ns < self.first_send_ns:
+                self.first_send_ns = rec.send_ns
+            if self.last_end_ns is None or rec.end_ns > self.last_end_ns:
+                self.last_end_ns = rec.end_ns
         if rec.error is not None:
             c.failed += 1
             c.errors[rec.error] += 1
             self.error_examples.setdefault(rec.error, rec.detail)
             return
         c.completed += 1
+        if good:
+            c.good += 1
         c.output_tokens += max(rec.output_tokens, 0)
         c.input_tokens += max(rec.prompt_tokens, 0)
+
+    def _add_latencies(self, rec: RequestRecord) -> None:
         if not rec.first_ns:
             return
         self._record("ttft", rec.first_ns - rec.send_ns)
@@ -195,6 +245,59 @@ class Collector:
             else:
                 self._record("itl", gap)
 
+    def _within_limits(self, rec: RequestRecord) -> bool:
+        """Per-request SLO check for goodput (vLLM's --goodput semantics)."""
+        limits = self.request_limits_us
+        if not limits:
+            return True
+        if not rec.first_ns:
+            return False
+        values = {
+            "ttft": (rec.first_ns - rec.send_ns) / 1000,
+            "e2el": (rec.last_ns - rec.send_ns) / 1000,
+            "ttft_from_intended": (rec.first_ns - rec.intended_ns) / 1000,
+            "e2el_from_intended": (rec.last_ns - rec.intended_ns) / 1000,
+            "send_slip": (rec.send_ns - rec.intended_ns) / 1000,
+            "queue_wait": (rec.slot_ns - rec.intended_ns) / 1000,
+        }
+        if rec.output_tokens > 1:
+            values["tpot"] = (rec.last_ns - rec.first_ns) / (rec.output_tokens - 1) / 1000
+        for metric, limit in limits.items():
+            if metric == "itl":
+                stamps = rec.stamps()
+                tokens = rec.tokens_per_chunk()
+                worst = max(
+                    (
+                        (stamps[i] - stamps[i - 1]) / max(tokens[i], 1)
+                        for i in range(1, len(stamps))
+                    ),
+                    default=0.0,
+                )
+                if worst / 1000 > limit:
+                    return False
+            elif values.get(metric, 0.0) > limit:
+                return False
+        return True
+
+    # -- steps --------------------------------------------------------------------------
+    def begin_step(self, now_ns: int, offered: float, label: str = "") -> Step:
+        """Close the running step (if any) and start one at a new offered load."""
+        self.end_step(now_ns)
+        step = Step(len(self.steps), offered, now_ns, label=label)
+        step.histograms = {m: new_histogram() for m in METRICS}
+        self.steps.append(step)
+        return step
+
+    def end_step(self, now_ns: int) -> None:
+        if self.steps and self.steps[-1].end_ns is None:
+            self.steps[-1].end_ns = now_ns
+
+    @property
+    def current_step(self) -> Step | None:
+        if self.steps and self.steps[-1].end_ns is None:
+            return self.steps[-1]
+        return None
+
     # -- intervals ----------------------------------------------------------------------
     def tick(self, now_ns: int) -> Interval:
         """Close the current interval and slide the window."""
@@ -211,21 +314,28 @@ class Collector:
         self.current = {m: new_histogram() for m in METRICS}
         self.current_counts = Counts()
         self.interval_start_ns = now_ns
+        self._window_cache = {}
         return interval
 
     def reset_window(self) -> None:
         self.window.clear()
+        self._window_cache = {}
+
+    def window_histogram(self, metric: str) -> HdrHistogram:
+        """The window's intervals of one metric merged (cached until the next tick)."""
+        cached = self._window_cache.get(metric)
+        if cached is not None:
+            return cached
+        merged = new_histogram()
+        for iv in self.window:
+            h = iv.histograms[metric]
+            if h.get_total_count():
+                merged.add(h)
+        self._window_cache[metric] = merged
+        return merged
 
     def window_summary(self, metrics: Iterable[str] = METRICS) -> dict[str, MetricSummary]:
-        out: dict[str, MetricSummary] = {}
-        for m in metrics:
-            merged = new_histogram()
-            for iv in self.window:
-                h = iv.histograms[m]
-                if h.get_total_count():
-                    merged.add(h)
-            out[m] = summarize(merged)
-        return out
+        return {m: summarize(self.window_histogram(m)) for m in metrics}
 
     def window_counts(self) -> tuple[Counts, float]:
         """Counters over the window and the window's length in seconds."""
@@ -262,8 +372,49 @@ class Collector:
             output_tokens=c.output_tokens,
             duration_s=dur,
             request_throughput=c.completed / dur if dur else 0.0,
+            goodput=c.good / dur if dur and self.request_limits_us else None,
+            good_requests=c.good if self.request_limits_us else None,
             output_throughput=c.output_tokens / dur if dur else 0.0,
             total_throughput=(c.input_tokens + c.output_tokens) / dur if dur else 0.0,
             out_of_range=dict(self.out_of_range),
         )
         return out
+
+
+def error_rate(c: Counts) -> float:
+    done = c.completed + c.failed
+    return c.failed / done if done else 0.0
+
+
+def step_summary(
+    step: Step, slo: object | None = None, now_ns: int | None = None
+) -> dict[str, object]:
+    """One step's figures: achieved throughput, goodput, percentiles, and the SLO verdict."""
+    from llmtop.slo import Slo, histogram_value_ms
+
+    dur = step.duration_s(now_ns)
+    c = step.counts
+    out: dict[str, object] = {
+        "index": step.index,
+        "label": step.label,
+        "offered": step.offered,
+        "duration_s": dur,
+        "completed": c.completed,
+        "failed": c.failed,
+        "errors": dict(c.errors),
+        "request_throughput": c.completed / dur if dur else 0.0,
+        "output_throughput": c.output_tokens / dur if dur else 0.0,
+        "goodput": c.good / dur if dur else 0.0,
+        "error_rate": error_rate(c),
+    }
+    for m in METRICS:
+        out[f"{m}_ms"] = (
+            summarize(step.histograms[m]).as_dict() if step.histograms else EMPTY.as_dict()
+        )
+    if isinstance(slo, Slo) and slo:
+        results = slo.evaluate(
+            lambda metric, stat: histogram_value_ms(step.histograms, metric, stat), error_rate(c)
+        )
+        out["slo"] = [{"limit": r.limit.text, "value": r.value, "ok": r.ok} for r in results]
+        out["slo_ok"] = all(r.ok for r in results)
+    return out

@@ -155,9 +155,7 @@ class FaultServer:
             )
             choice["finish_reason"] = "length" if done == n else None
             chunk: dict[str, Any] = {"id": "c", "object": "chunk", "choices": [choice]}
-            if continuous:
-                chunk["usage"] = usage(done)
-            elif b.usage == "last" and done == n:
+            if continuous or (b.usage == "last" and done == n):
                 chunk["usage"] = usage(done)
             await send(chunk)
             if done < n:

@@ -1,0 +1,300 @@
+"""Options shared by `run`, `knee` and the live UI, and the steps that turn them into a run.
+
+Kept apart from `cli.py` so every command takes the same target / workload / load flags and
+builds its `RunConfig` the same way (validation, the built-in simulator, the preflight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from llmtop.config import LoadPlan, RunConfig, Target, Timeouts, Workload
+from llmtop.errors import ConfigError, LlmtopError
+
+_INF_WORDS = ("inf", "infinity", "max")
+F = Callable[..., Any]
+
+
+class RateType(click.ParamType):
+    """A positive request rate in req/s, or `inf`."""
+
+    name = "RATE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text in _INF_WORDS:
+            return math.inf
+        try:
+            rate = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a rate: give req/s (e.g. 2.5) or 'inf'", param, ctx)
+        if not rate > 0 or math.isnan(rate):
+            self.fail(f"{value!r}: the rate must be > 0 (or 'inf')", param, ctx)
+        return rate
+
+
+def _apply(options: list[F]) -> Callable[[F], F]:
+    def deco(f: F) -> F:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+target_options = _apply(
+    [
+        click.option(
+            "--url",
+            help="Server base URL, e.g. http://localhost:8000. Default: a simulated engine.",
+        ),
+        click.option(
+            "--api",
+            type=click.Choice(["completions", "chat"]),
+            default="completions",
+            show_default=True,
+        ),
+        click.option(
+            "--model", default="", help="Model name. Default: the first one /v1/models lists."
+        ),
+        click.option(
+            "--api-key",
+            envvar="OPENAI_API_KEY",
+            help="Bearer token (or OPENAI_API_KEY); never printed.",
+        ),
+        click.option(
+            "--header",
+            "headers",
+            multiple=True,
+            metavar="'K: V'",
+            help="Extra request header (repeatable).",
+        ),
+        click.option(
+            "--sim-engine",
+            type=click.Choice(["vllm", "trtllm"]),
+            default="vllm",
+            show_default=True,
+            help="Simulated engine flavour when no --url.",
+        ),
+        click.option(
+            "--sim-gpu", default="a100-80g", show_default=True, help="Simulated GPU when no --url."
+        ),
+        click.option(
+            "--sim-model",
+            default="llama-3-8b",
+            show_default=True,
+            help="Simulated model when no --url.",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            default=600.0,
+            show_default=True,
+            help="Seconds a request may take in all.",
+        ),
+        click.option(
+            "--read-timeout",
+            type=float,
+            default=120.0,
+            show_default=True,
+            help="Seconds a stream may stay silent.",
+        ),
+        click.option("--connect-timeout", type=float, default=10.0, show_default=True),
+    ]
+)
+
+workload_options = _apply(
+    [
+        click.option(
+            "--input-len",
+            type=int,
+            default=1024,
+            show_default=True,
+            help="Prompt tokens per request.",
+        ),
+        click.option(
+            "--output-len",
+            type=int,
+            default=128,
+            show_default=True,
+            help="Output tokens per request.",
+        ),
+        click.option(
+            "--ignore-eos/--no-ignore-eos",
+            default=True,
+            show_default=True,
+            help="Generate exactly --output-len tokens.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+)
+
+load_options = _apply(
+    [
+        click.option(
+            "--request-rate",
+            type=RateType(),
+            default="inf",
+            show_default=True,
+            help="Open-loop req/s, or inf.",
+        ),
+        click.option(
+            "--burstiness",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Gamma shape of arrivals; 1 = Poisson.",
+        ),
+        click.option(
+            "--max-concurrency",
+            type=int,
+            help="Cap on requests in flight; the wait for a slot is reported.",
+        ),
+        click.option(
+            "--concurrency",
+            type=int,
+            help="Closed loop: keep this many requests in flight instead of a rate.",
+        ),
+        click.option("--duration", type=float, help="Seconds of measured load (after --warmup)."),
+        click.option(
+            "--num-requests",
+            type=int,
+            help="Measured requests to send. Default: 100 when no --duration.",
+        ),
+        click.option(
+            "--warmup",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="Seconds of unmeasured load first.",
+        ),
+        click.option(
+            "--window",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="Sliding window for live figures (s).",
+        ),
+    ]
+)
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(f"--{name} must be > 0, got {value:g}")
+
+
+def parse_headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for v in values:
+        key, sep, val = v.partition(":")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad --header {v!r}: expected 'Name: value'")
+        out.append((key.strip(), val.strip()))
+    return tuple(out)
+
+
+def validate(o: dict[str, Any], default_requests: int | None = 100) -> None:
+    """Reject nonsense values with a one-line error naming the flag."""
+    for name in ("duration", "timeout", "read_timeout", "connect_timeout", "window", "burstiness"):
+        if name in o:
+            _positive(name.replace("_", "-"), o[name])
+    for name in ("num_requests", "max_concurrency", "concurrency", "input_len", "output_len"):
+        if o.get(name) is not None and o[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {o[name]}")
+    if o.get("warmup", 0) < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {o['warmup']:g}")
+    if o.get("duration") is not None and o.get("num_requests") is not None:
+        raise ConfigError("give --duration or --num-requests, not both")
+    if o.get("concurrency") is not None and o.get("max_concurrency") is not None:
+        raise ConfigError("--concurrency (closed loop) and --max-concurrency do not go together")
+    if o.get("duration") is None and o.get("num_requests") is None:
+        o["num_requests"] = default_requests
+    rate = o.get("request_rate", math.inf)
+    if math.isinf(rate) and o.get("concurrency") is None and o.get("num_requests") is None:
+        raise ConfigError("--request-rate inf sends everything at once: give --num-requests")
+
+
+def build_config(o: dict[str, Any]) -> RunConfig:
+    """A RunConfig from validated options; the target URL is filled in by `prepared_run`."""
+    plan = LoadPlan(
+        request_rate=o.get("request_rate", math.inf),
+        burstiness=o.get("burstiness", 1.0),
+        max_concurrency=o.get("max_concurrency"),
+        concurrency=o.get("concurrency"),
+        duration_s=o.get("duration"),
+        num_requests=o.get("num_requests"),
+        warmup_s=o.get("warmup", 0.0),
+        seed=o.get("seed", 0),
+    )
+    workload = Workload(o["input_len"], o["output_len"], o["ignore_eos"], o["seed"])
+    timeouts = Timeouts(o["connect_timeout"], o["timeout"], o["read_timeout"])
+    target = Target(
+        o.get("url") or "",
+        o["api"],
+        o["model"],
+        o.get("api_key") or None,
+        parse_headers(o["headers"]),
+    )
+    return RunConfig(target, workload, plan, timeouts=timeouts, window_s=o.get("window", 10.0))
+
+
+@contextlib.contextmanager
+def _target_server(
+    url: str | None, sim_engine: str, sim_gpu: str, sim_model: str
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The given URL, or a simulated engine started for this run and stopped after it."""
+    if url:
+        yield url, None
+        return
+    try:
+        from llmtop.sim.launcher import SimStartError, start_sim
+    except ImportError:
+        raise ConfigError("no --url given and the built-in simulator is not available") from None
+    try:
+        handle = start_sim(engine=sim_engine, gpu=sim_gpu, model=sim_model)
+    except SimStartError as exc:
+        raise LlmtopError(f"the built-in simulator did not start: {exc}") from None
+    try:
+        yield handle.url, handle.describe()
+    finally:
+        handle.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    config: RunConfig
+    extra: dict[str, Any]  # what every JSON / snapshot carries about the target and plan
+    notes: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def prepared_run(config: RunConfig, o: dict[str, Any]) -> Iterator[PreparedRun]:
+    """Start the simulator if there is no URL, run the preflight, yield the final config."""
+    from llmtop.preflight import preflight
+
+    with _target_server(o.get("url"), o["sim_engine"], o["sim_gpu"], o["sim_model"]) as (url, sim):
+        target = dataclasses.replace(config.target, url=url, simulated=sim)
+        config = dataclasses.replace(config, target=target)
+        pre = preflight(config)
+        target = dataclasses.replace(target, model=pre.model)
+        config = dataclasses.replace(
+            config, target=target, dialect=pre.dialect, text_prompts=pre.text_prompts
+        )
+        for note in pre.notes:
+            click.echo(f"llmtop: {note}", err=True)
+        extra = {
+            "config": config.public(),
+            "target": target.public(),
+            "load": config.plan.describe(),
+            "notes": list(pre.notes),
+        }
+        yield PreparedRun(config, extra, pre.notes)
