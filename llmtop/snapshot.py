@@ -35,7 +35,9 @@ def decode_histogram(text: str) -> HdrHistogram:
     return HdrHistogram.decode(text.encode("ascii"))
 
 
-def build_snapshot(session: Any, extra: dict[str, Any], knee: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_snapshot(
+    session: Any, extra: dict[str, Any], knee: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The snapshot of a LoadSession as it stands now (it may still be running)."""
     import time
 
@@ -46,7 +48,8 @@ def build_snapshot(session: Any, extra: dict[str, Any], knee: dict[str, Any] | N
     steps = []
     for step in collector.steps:
         s = step_summary(step, session.slo, now)
-        s["histograms"] = {m: encode_histogram(step.histograms[m]) for m in METRICS}
+        hists = step.all_histograms()
+        s["histograms"] = {m: encode_histogram(hists[m]) for m in METRICS}
         steps.append(s)
     summary = session.summary()
     return {
@@ -90,7 +93,7 @@ def load_snapshot(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise SnapshotError(f"{path}: not a snapshot (invalid JSON at line {exc.lineno})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise SnapshotError(f"{path}: not an llmtop snapshot (no \"format\": \"{FORMAT}\")")
+        raise SnapshotError(f'{path}: not an llmtop snapshot (no "format": "{FORMAT}")')
     version = data.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise SnapshotError(

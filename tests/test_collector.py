@@ -95,17 +95,37 @@ def test_failures_warmup_and_cancelled_are_kept_apart() -> None:
 
 
 def test_window_slides_and_cumulative_keeps_everything() -> None:
-    c = Collector(window_s=1.0)
-    for i in range(10):  # one request per 250 ms interval, TTFT growing
+    c = Collector(window_s=2.0)
+    c.tick(0)  # the clock starts at 0: one-second buckets are [0, 1), [1, 2) ...
+    for i in range(20):  # one request per 250 ms interval, TTFT growing: 1, 2, ... 20 ms
         t0 = i * 250 * MS
         c.add([rec(intended=t0, send=t0, chunks=[(t0 + (i + 1) * MS, 1)])])
         c.tick(t0 + 250 * MS)
     w = c.window_summary(["ttft"])["ttft"]
-    assert w.count == 4  # only the last second
-    assert w.p50_ms >= 7.0
-    assert c.cumulative["ttft"].get_total_count() == 10
+    assert w.count == 8  # the last two one-second buckets
+    assert w.p50_ms == pytest.approx(16.0, abs=1.01)
+    assert c.cumulative["ttft"].get_total_count() == 20
     counts, span = c.window_counts()
-    assert counts.completed == 4 and span == pytest.approx(1.0)
+    assert counts.completed == 8 and span == pytest.approx(2.0)
+    c.reset_window()
+    assert c.window_summary(["ttft"])["ttft"].count == 0
+
+
+def test_steps_follow_the_send_time_and_old_ones_are_packed() -> None:
+    c = Collector(request_limits_ms={"ttft": 10.0})
+    c.begin_step(0, 1.0)
+    c.begin_step(1000 * MS, 2.0)
+    # sent during step 0, finished after step 1 began: it belongs to step 0
+    c.add([rec(intended=500 * MS, send=500 * MS, chunks=[(1500 * MS, 1)])])
+    c.add([rec(intended=1200 * MS, send=1200 * MS, chunks=[(1205 * MS, 1)])])
+    c.tick(2000 * MS)
+    assert c.steps[0].counts.completed == 1 and c.steps[0].counts.good == 0
+    assert c.steps[1].counts.completed == 1 and c.steps[1].counts.good == 1
+    c.begin_step(3000 * MS, 4.0)
+    c.tick(3250 * MS)  # now step 0 is two steps back: packed, still readable
+    assert c.steps[0].compact is not None
+    assert c.steps[0].histogram("ttft").get_total_count() == 1
+    assert c.steps[0].histogram("ttft").get_max_value() == pytest.approx(1_000_000, rel=1e-3)
 
 
 def test_throughput_over_measured_duration() -> None:

@@ -8,6 +8,7 @@ and every method that needs the time is given it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from array import array
 from collections import Counter, deque
@@ -34,6 +35,7 @@ METRICS = (
     "e2el_from_intended",
 )
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+BUCKET_NS = 1_000_000_000
 
 
 def new_histogram() -> HdrHistogram:
@@ -123,6 +125,17 @@ class Step:
     histograms: dict[str, HdrHistogram] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
     label: str = ""
+    compact: dict[str, bytes] | None = None  # encoded histograms once packed away
+
+    def histogram(self, metric: str) -> HdrHistogram:
+        """One metric's histogram, live or decoded from the packed form."""
+        if self.compact is None:
+            return self.histograms.get(metric) or new_histogram()
+        enc = self.compact.get(metric)
+        return HdrHistogram.decode(enc) if enc else new_histogram()
+
+    def all_histograms(self) -> dict[str, HdrHistogram]:
+        return {m: self.histogram(m) for m in METRICS}
 
     def duration_s(self, now_ns: int | None = None) -> float:
         end = self.end_ns if self.end_ns is not None else now_ns
@@ -148,8 +161,10 @@ class Collector:
         self.window_s = window_s
         self.request_limits_us = {m: v * 1000 for m, v in (request_limits_ms or {}).items()}
         self.steps: list[Step] = []
+        self.late_records = 0
         self._rec_step: Step | None = None
         self._window_cache: dict[str, HdrHistogram] = {}
+        self._bucket: Interval | None = None
         self.cumulative = {m: new_histogram() for m in METRICS}
         self.current = {m: new_histogram() for m in METRICS}
         self.counts = Counts()
@@ -181,8 +196,25 @@ class Collector:
         """The step a request belongs to: the one running when it was scheduled to be sent."""
         for step in reversed(self.steps):
             if step.start_ns <= intended_ns:
+                if step.compact is not None:
+                    self.late_records += 1  # its histograms are packed away; counts only
+                    return None
                 return step
         return None
+
+    def _compact_steps(self) -> None:
+        """Pack the histograms of long-finished steps into their encoded form to bound memory.
+
+        A step keeps live histograms while it runs and for the next step after it (its last
+        requests are still finishing); older ones are encoded (~1 kB each) and decoded on
+        demand by `Step.histogram()`.
+        """
+        for step in self.steps[:-2]:
+            if step.compact is None:
+                step.compact = {
+                    m: h.encode() for m, h in step.histograms.items() if h.get_total_count()
+                }
+                step.histograms = {}
 
     def _add(self, rec: RequestRecord) -> None:
         step = self._rec_step = self._step_of(rec.intended_ns) if self.steps else None
@@ -300,14 +332,28 @@ class Collector:
 
     # -- intervals ----------------------------------------------------------------------
     def tick(self, now_ns: int) -> Interval:
-        """Close the current interval and slide the window."""
+        """Close the current interval and slide the window.
+
+        The window is kept as one-second buckets (not 250 ms intervals): an HDR histogram of
+        this range is ~190 kB, so 40 intervals × 8 metrics would hold 60 MB for nothing.
+        """
         start = self.interval_start_ns if self.interval_start_ns is not None else now_ns
         interval = Interval(start, now_ns, self.current, self.current_counts)
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = Interval(start, now_ns, {}, Counts())
         for m, h in self.current.items():
             if h.get_total_count():
                 self.cumulative[m].add(h)
+                if m not in bucket.histograms:
+                    bucket.histograms[m] = new_histogram()
+                bucket.histograms[m].add(h)
         self.counts.add(self.current_counts)
-        self.window.append(interval)
+        bucket.counts.add(self.current_counts)
+        bucket = self._bucket = dataclasses.replace(bucket, end_ns=now_ns)
+        if now_ns - bucket.start_ns >= BUCKET_NS:
+            self.window.append(bucket)
+            self._bucket = None
         horizon = now_ns - round(self.window_s * 1e9)
         while self.window and self.window[0].end_ns <= horizon:
             self.window.popleft()
@@ -315,10 +361,15 @@ class Collector:
         self.current_counts = Counts()
         self.interval_start_ns = now_ns
         self._window_cache = {}
+        self._compact_steps()
         return interval
+
+    def _buckets(self) -> list[Interval]:
+        return [*self.window, self._bucket] if self._bucket is not None else list(self.window)
 
     def reset_window(self) -> None:
         self.window.clear()
+        self._bucket = None
         self._window_cache = {}
 
     def window_histogram(self, metric: str) -> HdrHistogram:
@@ -327,9 +378,9 @@ class Collector:
         if cached is not None:
             return cached
         merged = new_histogram()
-        for iv in self.window:
-            h = iv.histograms[metric]
-            if h.get_total_count():
+        for iv in self._buckets():
+            h = iv.histograms.get(metric)
+            if h is not None:
                 merged.add(h)
         self._window_cache[metric] = merged
         return merged
@@ -340,11 +391,12 @@ class Collector:
     def window_counts(self) -> tuple[Counts, float]:
         """Counters over the window and the window's length in seconds."""
         total = Counts()
-        for iv in self.window:
+        buckets = self._buckets()
+        for iv in buckets:
             total.add(iv.counts)
-        if not self.window:
+        if not buckets:
             return total, 0.0
-        return total, (self.window[-1].end_ns - self.window[0].start_ns) / 1e9
+        return total, (buckets[-1].end_ns - buckets[0].start_ns) / 1e9
 
     # -- whole run ----------------------------------------------------------------------
     def duration_s(self) -> float:
@@ -407,13 +459,12 @@ def step_summary(
         "goodput": c.good / dur if dur else 0.0,
         "error_rate": error_rate(c),
     }
+    hists = step.all_histograms()
     for m in METRICS:
-        out[f"{m}_ms"] = (
-            summarize(step.histograms[m]).as_dict() if step.histograms else EMPTY.as_dict()
-        )
+        out[f"{m}_ms"] = summarize(hists[m]).as_dict()
     if isinstance(slo, Slo) and slo:
         results = slo.evaluate(
-            lambda metric, stat: histogram_value_ms(step.histograms, metric, stat), error_rate(c)
+            lambda metric, stat: histogram_value_ms(hists, metric, stat), error_rate(c)
         )
         out["slo"] = [{"limit": r.limit.text, "value": r.value, "ok": r.ok} for r in results]
         out["slo_ok"] = all(r.ok for r in results)
