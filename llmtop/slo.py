@@ -26,7 +26,7 @@ LATENCY_METRICS = (
 RATE_METRICS = ("error_rate",)
 _UNITS_MS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0}
 _LIMIT = re.compile(
-    r"^(?P<metric>[a-z_]+?)(?:_(?P<stat>p\d+(?:\.\d+)?|mean|max|avg))?\s*(?P<op><=|<|>=|>)\s*"
+    r"^(?P<metric>[a-z][a-z0-9_]*?)(?:_(?P<stat>p\d+(?:\.\d+)?|mean|max|avg))?\s*(?P<op><=|<|>=|>)\s*"
     r"(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>us|µs|ms|s|%)?$"
 )
 
