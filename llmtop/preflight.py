@@ -140,31 +140,53 @@ async def _tokenize(
     return len(tokens) if isinstance(tokens, list) else None
 
 
+async def _sized_text(
+    session: aiohttp.ClientSession, base: str, target: Target, n_tokens: int, rng: random.Random
+) -> tuple[str, int | None]:
+    """A text of `n_tokens` tokens by the server's own tokenizer (None: it has no /tokenize)."""
+    words = _words(rng, max(n_tokens, 1))
+    count = await _tokenize(session, base, target, " ".join(words))
+    if count is None:
+        return " ".join(words[: max(1, round(n_tokens / 1.3))]), None
+    for _ in range(12):  # scale by the ratio, then walk a word at a time
+        if count == n_tokens:
+            break
+        if abs(count - n_tokens) > 3:
+            keep = max(1, round(len(words) * n_tokens / max(count, 1)))
+            words = words[:keep] if keep < len(words) else words + _words(rng, keep - len(words))
+        elif count > n_tokens:
+            words = words[:-1] if len(words) > 1 else words
+        else:
+            words = words + _words(rng, 1)
+        new = await _tokenize(session, base, target, " ".join(words))
+        if new is None:
+            break
+        count = new
+    return " ".join(words), count
+
+
 async def _text_prompts(
     session: aiohttp.ClientSession, base: str, target: Target, n_tokens: int, seed: int
-) -> tuple[tuple[str, ...], bool]:
+) -> tuple[tuple[str, ...], str | None]:
     """Distinct texts of `n_tokens` tokens each, sized with /tokenize where there is one."""
     rng = random.Random(seed)
     texts: list[str] = []
-    exact = True
+    counts: list[int] = []
     for _ in range(TEXT_POOL):
-        words = _words(rng, max(n_tokens, 1))
-        count = await _tokenize(session, base, target, " ".join(words))
-        if count is None:
-            exact = False
-            words = words[: max(1, round(n_tokens / 1.3))]
-        else:
-            for _ in range(6):  # converge: words per token is near 1 for these syllables
-                if count == n_tokens:
-                    break
-                if count > n_tokens:
-                    words = words[: max(1, len(words) - max(1, (count - n_tokens) // 2))]
-                else:
-                    words += _words(rng, max(1, (n_tokens - count) // 2))
-                count = await _tokenize(session, base, target, " ".join(words)) or count
-            exact = exact and count == n_tokens
-        texts.append(" ".join(words))
-    return tuple(texts), exact
+        text, count = await _sized_text(session, base, target, n_tokens, rng)
+        texts.append(text)
+        if count is not None:
+            counts.append(count)
+    if not counts:
+        return tuple(texts), "the server has no /tokenize: text prompt lengths are approximate"
+    off = [c for c in counts if c != n_tokens]
+    if off:
+        mean = sum(counts) / len(counts)
+        return tuple(texts), (
+            f"{len(off)} of {len(counts)} text prompts missed {n_tokens} tokens"
+            f" (mean {mean:.1f}); usage reports the real count"
+        )
+    return tuple(texts), None
 
 
 async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight:
@@ -225,11 +247,13 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
             notes.append("no usage on every chunk: one token per content chunk is assumed")
         texts: tuple[str, ...] = ()
         if target.api == "chat" or not dialect.token_id_prompts:
-            texts, exact = await _text_prompts(
+            texts, note = await _text_prompts(
                 session, base, target, config.workload.input_len, config.workload.seed
             )
-            if not exact:
-                notes.append("no /tokenize: text prompt lengths are approximate")
+            if note:
+                notes.append(note)
+            if target.api == "chat":
+                notes.append("chat prompts are sized without the chat template, which adds tokens")
     return Preflight(model, tuple(models), dialect, texts, server, tuple(notes))
 
 

@@ -160,8 +160,10 @@ def histogram_value_ms(histograms: dict[str, object], metric: str, stat: str) ->
     h = histograms.get(metric)
     if h is None or not h.get_total_count():  # type: ignore[attr-defined]
         return math.nan
+    from llmtop.metrics.collector import mean_us, value_at_percentile_us
+
     if stat == "mean":
-        return h.get_mean_value() / 1000  # type: ignore[attr-defined]
+        return mean_us(h) / 1000  # type: ignore[arg-type]
     if stat == "max":
         return h.get_max_value() / 1000  # type: ignore[attr-defined]
-    return h.get_value_at_percentile(float(stat[1:])) / 1000  # type: ignore[attr-defined]
+    return value_at_percentile_us(h, float(stat[1:])) / 1000  # type: ignore[arg-type]

@@ -154,3 +154,19 @@ def test_interval_histograms_merge_exactly() -> None:
         decoded = HdrHistogram.decode(iv.histograms["ttft"].encode())
         assert decoded.get_total_count() == 100 * (i + 1)
     assert c.cumulative["ttft"].get_total_count() == 600
+
+
+def test_fast_statistics_match_hdrhistogram_py() -> None:
+    """Our numpy percentiles and mean give exactly what HdrHistogram_py computes."""
+    import random
+
+    from llmtop.metrics.collector import mean_us, new_histogram, value_at_percentile_us
+
+    rng = random.Random(7)
+    for n in (1, 10, 1000, 20_000):
+        h = new_histogram()
+        for _ in range(n):
+            h.record_value(int(rng.lognormvariate(9, 1.5)) + 1)
+        for p in (0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0):
+            assert value_at_percentile_us(h, p) == h.get_value_at_percentile(p), (n, p)
+        assert mean_us(h) == pytest.approx(h.get_mean_value(), rel=1e-12)

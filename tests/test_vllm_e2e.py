@@ -174,19 +174,31 @@ def _run_and_check(vllm_url, tmp_path: Path, api: str) -> dict:
     assert data["output_tokens"] == NUM_REQUESTS * OUTPUT_LEN, data
     for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2el_ms", "send_slip_ms"):
         assert set(data[key]) >= PCTL_KEYS, (key, data[key])
-    for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2el_ms"):
+    for key in ("ttft_ms", "e2el_ms"):
         assert data[key]["p50"] > 0, (key, data[key])
-        assert data[key]["max"] >= data[key]["p50"], (key, data[key])
-    # ITL and TPOT of a 24-token stream cannot exceed the whole request's latency.
-    assert data["tpot_ms"]["p50"] < data["e2el_ms"]["max"]
+    assert data["e2el_ms"]["p50"] >= data["ttft_ms"]["p50"], data
+    # ITL is token-weighted: output_len - 1 samples a request, however vLLM chunked, except
+    # tokens that came in the first content chunk (vLLM sometimes merges them), which have no gap.
+    if "count" in data["itl_ms"]:
+        assert 0 < data["itl_ms"]["count"] <= NUM_REQUESTS * (OUTPUT_LEN - 1), data["itl_ms"]
+    # ITL / TPOT histograms hold real, non-zero values. Not p50 > 0: on a busy 2-core machine
+    # vLLM's API server is sometimes starved and then writes a whole response in one burst
+    # (seen with a plain socket client too, tests/fixtures/wire/README.md); a truthful client
+    # then records ITL 0 for most gaps, and p50 can be 0 while the run is right.
+    for key in ("itl_ms", "tpot_ms"):
+        assert data[key]["mean"] > 0 and data[key]["max"] > 0, (key, data[key])
+        assert data[key]["max"] <= data["e2el_ms"]["max"], (key, data[key], data["e2el_ms"])
     assert data["request_throughput"] > 0 and data["output_throughput"] > 0
     assert data["duration_s"] > 0
     assert "config" in data and "target" in data
 
-    # The server's own counters agree: exactly these requests and tokens were generated.
-    assert _server_counter(vllm_url, "vllm:request_success_total") - ok_before == NUM_REQUESTS
+    # The server's own counters agree (llmtop's preflight may add a short probe request or two).
+    ok = _server_counter(vllm_url, "vllm:request_success_total") - ok_before
     gen = _server_counter(vllm_url, "vllm:generation_tokens_total") - gen_before
-    assert gen == NUM_REQUESTS * OUTPUT_LEN
+    assert NUM_REQUESTS <= ok <= NUM_REQUESTS + 3, ok
+    assert gen >= NUM_REQUESTS * OUTPUT_LEN, gen
+    if ok == NUM_REQUESTS:
+        assert gen == NUM_REQUESTS * OUTPUT_LEN, gen
     return data
 
 

@@ -15,6 +15,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from llmtop.metrics import records
@@ -74,18 +75,97 @@ class MetricSummary:
 EMPTY = MetricSummary(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
 
 
+class _Layout:
+    """Per-index values of our one histogram layout, for numpy-speed statistics.
+
+    HdrHistogram_py's `get_mean_value` walks every recorded value in Python (~1 ms or more),
+    and its percentile scan is a Python loop over ~23k counters. With the layout's values
+    precomputed, a cumulative sum and a search give the same answers (checked against the
+    library in tests) in a few tens of microseconds.
+    """
+
+    def __init__(self) -> None:
+        h = new_histogram()
+        self.counts_len = n = h.counts_len
+        assert h.word_size == 8, "counts are read as int64"
+        um = h.unit_magnitude
+        half_mag = h.sub_bucket_half_count_magnitude
+        half = h.sub_bucket_half_count
+        mask = h.sub_bucket_mask
+        lowest = np.empty(n, dtype=np.float64)
+        size = np.empty(n, dtype=np.float64)
+        for i in range(n):  # the library's index → value arithmetic, inlined (~25 ms once)
+            b = (i >> half_mag) - 1
+            sub = (i & (half - 1)) + half
+            if b < 0:
+                sub -= half
+                b = 0
+            v = sub << (b + um)
+            vb = (v | mask).bit_length() - um - (half_mag + 1)
+            if (v >> (vb + um)) >= h.sub_bucket_count:
+                vb += 1
+            lowest[i] = v
+            size[i] = 1 << (um + vb)
+        self.lowest = lowest
+        self.highest = lowest + size - 1
+        self.median = lowest + np.floor(size / 2)
+
+
+_LAYOUT: _Layout | None = None
+
+
+def _layout() -> _Layout:
+    global _LAYOUT
+    if _LAYOUT is None:
+        _LAYOUT = _Layout()
+    return _LAYOUT
+
+
+def _counts(h: HdrHistogram) -> np.ndarray:
+    return np.frombuffer(h.counts, dtype=np.int64, count=h.counts_len)
+
+
+def value_at_percentile_us(h: HdrHistogram, percentile: float) -> float:
+    """Same answer as `h.get_value_at_percentile(p)`, without the Python loop."""
+    return _percentiles(h, [percentile])[0]
+
+
+def _percentiles(h: HdrHistogram, percentiles: list[float]) -> list[float]:
+    total = h.get_total_count()
+    if not total:
+        return [0.0 for _ in percentiles]
+    lay = _layout()
+    cum = np.cumsum(_counts(h))
+    out = []
+    for p in percentiles:
+        target = max(int(min(p, 100.0) * total / 100 + 0.5), 1)
+        i = int(np.searchsorted(cum, target, side="left"))
+        i = min(i, lay.counts_len - 1)
+        out.append(float(lay.highest[i] if p else lay.lowest[i]))
+    return out
+
+
+def mean_us(h: HdrHistogram) -> float:
+    """Same answer as `h.get_mean_value()` (median-equivalent values), vectorised."""
+    total = h.get_total_count()
+    if not total:
+        return 0.0
+    # elementwise, not np.dot: a BLAS call here costs milliseconds on some OpenBLAS setups
+    return float((_counts(h) * _layout().median).sum() / total)
+
+
 def summarize(h: HdrHistogram) -> MetricSummary:
     n = h.get_total_count()
     if n == 0:
         return EMPTY
-    pct = h.get_percentile_to_value_dict(list(PERCENTILES))
+    p50, p90, p99, p999 = _percentiles(h, list(PERCENTILES))
     return MetricSummary(
         count=n,
-        mean_ms=h.get_mean_value() / 1000,
-        p50_ms=pct[50.0] / 1000,
-        p90_ms=pct[90.0] / 1000,
-        p99_ms=pct[99.0] / 1000,
-        p999_ms=pct[99.9] / 1000,
+        mean_ms=mean_us(h) / 1000,
+        p50_ms=p50 / 1000,
+        p90_ms=p90 / 1000,
+        p99_ms=p99 / 1000,
+        p999_ms=p999 / 1000,
         max_ms=h.get_max_value() / 1000,
     )
 
