@@ -39,6 +39,18 @@ def cli() -> None:
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here."
 )
 @click.option(
+    "--save",
+    "save_path",
+    type=click.Path(dir_okay=False),
+    help="Write a snapshot here (for llmtop compare / report).",
+)
+@click.option(
+    "--save-requests",
+    "requests_path",
+    type=click.Path(dir_okay=False),
+    help="Write one JSON line per request here.",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="Live progress line on stderr (default: on a terminal).",
@@ -52,7 +64,21 @@ def run(**o: Any) -> None:
     config = build_config(o)
     progress = o["progress"] if o["progress"] is not None else sys.stderr.isatty()
     with prepared_run(config, o) as prep:
-        result = run_headless(prep.config, prep.extra, o["json_path"], progress, slo)
+        poller = prep.start_poller()
+        try:
+            result = run_headless(
+                prep.config,
+                prep.extra,
+                o["json_path"],
+                progress,
+                slo,
+                server_sample=poller.latest,
+                server_samples=poller.samples,
+                save_path=o["save_path"],
+                requests_path=o["requests_path"],
+            )
+        finally:
+            poller.stop()
     if result.failure:
         raise LlmtopError(result.failure.splitlines()[0])
     if result.interrupted:
@@ -77,6 +103,15 @@ def _register_optional() -> None:
         from llmtop.sim.cli import sim_command
 
         cli.add_command(sim_command, "sim")
+    with contextlib.suppress(ImportError):
+        from llmtop.snapshot_cli import compare_command, report_command
+
+        cli.add_command(compare_command, "compare")
+        cli.add_command(report_command, "report")
+    with contextlib.suppress(ImportError):
+        from llmtop.engine_cli import launch_command
+
+        cli.add_command(launch_command, "launch")
 
 
 _register_optional()

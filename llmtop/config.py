@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Api = Literal["completions", "chat"]
+Api = Literal["completions", "chat", "triton"]
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,47 @@ class Target:
 
 
 @dataclass(frozen=True)
+class LengthDist:
+    """A distribution of token lengths: ("uniform", low, high) or ("normal", mean, stddev).
+
+    Drawn per request by the request factory from a seeded pool, clamped to [1, high or
+    mean + 4 sd]; `mean` is what the preflight sizes text prompts with.
+    """
+
+    kind: str  # "uniform" or "normal"
+    a: float  # uniform: low; normal: mean
+    b: float  # uniform: high; normal: stddev
+
+    @property
+    def mean(self) -> int:
+        return max(1, round((self.a + self.b) / 2 if self.kind == "uniform" else self.a))
+
+    def text(self) -> str:
+        return f"{self.kind}:{self.a:g}:{self.b:g}"
+
+    def draw(self, rng: Any) -> int:
+        if self.kind == "uniform":
+            return max(1, rng.randint(round(self.a), round(self.b)))
+        return max(1, round(rng.gauss(self.a, self.b)))
+
+
+@dataclass(frozen=True)
 class Workload:
-    """Synthetic prompts of exact token length (token-id prompts where the server takes them)."""
+    """Synthetic prompts of exact token length (token-id prompts where the server takes them).
+
+    `input_dist` / `output_dist` replace the fixed lengths per request when set;
+    `shared_prefix_len` tokens open every synthetic prompt (prefix-cache workloads);
+    `dataset` names the file `RunConfig.dataset` was read from (for the record only).
+    """
 
     input_len: int = 128
     output_len: int = 128
     ignore_eos: bool = True
     seed: int = 0
+    input_dist: LengthDist | None = None
+    output_dist: LengthDist | None = None
+    shared_prefix_len: int = 0
+    dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,17 @@ class RunConfig:
     timeouts: Timeouts = Timeouts()
     window_s: float = 10.0
     text_prompts: tuple[str, ...] = ()
+    # Dataset prompts (text, output tokens; 0 = the workload's output length), sent in order.
+    dataset: tuple[tuple[str, int], ...] = ()
+
+    def workload_public(self) -> dict[str, Any]:
+        w = dataclasses.asdict(self.workload)
+        for key in ("input_dist", "output_dist"):
+            dist = getattr(self.workload, key)
+            w[key] = dist.text() if dist else None
+        if self.dataset:
+            w["dataset_prompts"] = len(self.dataset)
+        return w
 
     def public(self) -> dict[str, Any]:
         """The configuration as written to JSON, with secrets hidden."""
@@ -111,7 +156,7 @@ class RunConfig:
             plan["request_rate"] = "inf"
         return {
             "target": self.target.public(),
-            "workload": dataclasses.asdict(self.workload),
+            "workload": self.workload_public(),
             "plan": plan,
             "dialect": dataclasses.asdict(self.dialect),
             "timeouts": dataclasses.asdict(self.timeouts),

@@ -11,6 +11,7 @@ from typing import Any
 from llmtop import __version__
 from llmtop.config import RunConfig
 from llmtop.errors import LlmtopError
+from llmtop.exports import RequestLog
 from llmtop.report import print_summary, progress_line, write_json_atomic
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
@@ -52,13 +53,21 @@ def run_headless(
     json_path: str | None,
     progress: bool,
     slo: Slo | None = None,
+    server_sample: Any = None,
+    server_samples: Any = None,
+    save_path: str | None = None,
+    requests_path: str | None = None,
 ) -> HeadlessResult:
     """Run the load to its end (or to Ctrl-C), then print and save what was measured."""
-    session = LoadSession(config, slo)
+    session = LoadSession(config, slo, server_sample=server_sample)
+    log = RequestLog(requests_path) if requests_path else None
     interrupted = False
     last_line = 0.0
     with _Interrupts() as interrupts:
         session.start()
+        if log is not None:
+            log.start_ns = session.start_ns
+            session.record_sink = log.on_record
         try:
             stop_sent_at: float | None = None
             while not session.finished:
@@ -83,6 +92,10 @@ def run_headless(
             if progress:
                 sys.stderr.write("\r\x1b[2K")
                 sys.stderr.flush()
+    if log is not None:
+        log.close()
+    if server_samples is not None:
+        session.server_series = server_samples()
     summary = session.summary()
     summary.update(extra)
     summary["llmtop_version"] = __version__
@@ -95,5 +108,11 @@ def run_headless(
             write_json_atomic(json_path, summary)
         except OSError as exc:
             raise LlmtopError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+    if save_path:
+        from llmtop.snapshot import build_snapshot, save_snapshot
+
+        save_snapshot(save_path, build_snapshot(session, extra))
     print_summary(summary, sys.stdout)
+    if save_path:
+        sys.stdout.write(f"snapshot    {save_path}\n")
     return result

@@ -197,6 +197,8 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     notes: list[str] = []
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        if target.api == "triton":
+            return await _triton(session, base, config)
         models, server = await _get_models(session, base, target)
         model = target.model
         if not model:
@@ -255,6 +257,21 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
             if target.api == "chat":
                 notes.append("chat prompts are sized without the chat template, which adds tokens")
     return Preflight(model, tuple(models), dialect, texts, server, tuple(notes))
+
+
+async def _triton(session: aiohttp.ClientSession, base: str, config: RunConfig) -> Preflight:
+    """Triton's generate_stream: no /v1/models, text prompts, readiness at /v2/health/ready."""
+    from llmtop.backends.triton import triton_preflight
+
+    target = config.target
+    if not target.model:
+        raise TargetError("--api triton needs --model (the Triton model to call)")
+    dialect, notes = await triton_preflight(session, base, config, _headers(target))
+    texts, note = await _text_prompts(
+        session, base, target, config.workload.input_len, config.workload.seed
+    )
+    all_notes = (*notes, note) if note else tuple(notes)
+    return Preflight(target.model, (target.model,), dialect, texts, "", all_notes)
 
 
 def preflight(config: RunConfig) -> Preflight:

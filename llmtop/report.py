@@ -70,6 +70,24 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         f"{summary['total_throughput']:,.1f} total tok/s",
         f"tokens      {summary['input_tokens']:,} in   {summary['output_tokens']:,} out",
     ]
+    if summary.get("goodput") is not None:
+        lines.append(
+            f"goodput     {summary['goodput']:.2f} req/s within every per-request limit"
+            f" ({summary.get('good_requests', 0)} of {summary['completed']} requests)"
+        )
+    slo = summary.get("slo")
+    if slo:
+        verdict = "MET" if slo["ok"] else "BROKEN"
+        parts = []
+        for r in slo["limits"]:
+            v = r["value"]
+            shown = (
+                "-"
+                if v is None
+                else (f"{v * 100:.2f}%" if "error_rate" in r["limit"] else f"{_ms(v)} ms")
+            )
+            parts.append(f"{r['limit']} {'ok' if r['ok'] else 'FAIL'} ({shown})")
+        lines.append(f"slo         {verdict}: " + ", ".join(parts))
     if summary.get("errors"):
         errs = ", ".join(f"{k} {v}" for k, v in sorted(summary["errors"].items()))
         lines.append(f"errors      {errs}")

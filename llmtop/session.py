@@ -10,11 +10,13 @@ import time
 from typing import Any
 
 from llmtop.config import RunConfig
+from llmtop.exports import step_index_of
 from llmtop.load import channel as ch
 from llmtop.load.process import LoadProcess
 from llmtop.metrics.collector import METRICS, Collector, error_rate, step_summary
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
 from llmtop.slo import Slo, histogram_value_ms
+from llmtop.snapshot import IntervalRecorder
 
 LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
 
@@ -37,6 +39,9 @@ class LoadSession:
         self.server_sample = server_sample  # callable → latest server metrics dict, or None
         self.collector = Collector(config.window_s, self.slo.per_request_limits_ms())
         self.series: list[SeriesPoint] = []
+        self.server_series: list[dict[str, Any]] = []
+        self.record_sink: Any = None  # called with (record, step index) for --save-requests
+        self.interval_recorder = IntervalRecorder()
         self._next_series_ns = 0
         self.process = LoadProcess(config)
         self.status: ch.StatusReported | None = None
@@ -60,6 +65,9 @@ class LoadSession:
     def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, ch.RecordsShipped):
             self.collector.add(msg.records)
+            if self.record_sink is not None:
+                for r in msg.records:
+                    self.record_sink(r, step_index_of(self.collector.steps, r.intended_ns))
         elif isinstance(msg, ch.StatusReported):
             self.status = msg
         elif isinstance(msg, ch.MeasurementStarted):
@@ -84,6 +92,7 @@ class LoadSession:
 
     def tick(self, now_ns: int) -> Telemetry:
         interval = self.collector.tick(now_ns)
+        self.interval_recorder.add(interval, self.start_ns)
         window = self.collector.window_summary(LIVE_METRICS)
         counts, span_s = self.collector.window_counts()
         slo_results = self.slo.evaluate(self._window_value, error_rate(counts)) if self.slo else []

@@ -1,14 +1,23 @@
 """The snapshot: one versioned JSON file holding everything a run measured.
 
 The UI's `s` key, `llmtop run --save`, the knee search and `llmtop compare` / `report` all
-read and write this one format. Histograms are stored in the standard HdrHistogram compressed
-base64 encoding ("HISTFAAA..."), so any HdrHistogram library can decode them.
+read and write this one format (documented in docs/snapshot-format.md). Histograms are stored
+in the standard HdrHistogram compressed base64 encoding ("HISTFAAA..."), values in
+microseconds, so any HdrHistogram library can decode them. Older layouts are migrated on load,
+one version at a time, so a file written today still opens after the format moves on.
 """
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import json
+import math
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +25,12 @@ from hdrh.histogram import HdrHistogram
 
 from llmtop import __version__
 from llmtop.errors import LlmtopError
-from llmtop.metrics.collector import METRICS
-from llmtop.report import write_json_atomic
+from llmtop.metrics.collector import METRICS, Interval, new_histogram
 
 FORMAT = "llmtop-snapshot"
 VERSION = 1
+# Metrics kept per 1-second interval (the .hlog export); the rest only per step and run.
+INTERVAL_METRICS = ("ttft", "itl", "tpot", "e2el", "send_slip")
 
 
 class SnapshotError(LlmtopError):
@@ -28,6 +38,7 @@ class SnapshotError(LlmtopError):
 
 
 def encode_histogram(h: HdrHistogram) -> str | None:
+    """Standard compressed base64 ("HISTFAAA..."); None for an empty histogram."""
     return h.encode().decode("ascii") if h.get_total_count() else None
 
 
@@ -35,68 +46,289 @@ def decode_histogram(text: str) -> HdrHistogram:
     return HdrHistogram.decode(text.encode("ascii"))
 
 
+def histogram_of(node: dict[str, Any], metric: str, where: str = "snapshot") -> HdrHistogram | None:
+    """The decoded histogram of `metric` in a snapshot, step or interval (None when empty)."""
+    text = (node.get("histograms") or {}).get(metric)
+    if not text:
+        return None
+    try:
+        return decode_histogram(text)
+    except (ValueError, TypeError, binascii.Error, zlib.error, IndexError) as exc:
+        raise SnapshotError(f"{where}: the {metric} histogram is corrupt ({exc})") from None
+
+
+class IntervalRecorder:
+    """Merges the collector's ~250 ms intervals into 1-second ones, kept encoded.
+
+    Why: the `.hlog` export and the report's time series want full histograms over time, and
+    an encoded second costs a few hundred bytes where a live HdrHistogram costs ~180 kB.
+    The session calls `add(interval, start_ns)` after each `collector.tick`.
+    """
+
+    def __init__(self, period_s: float = 1.0, metrics: Iterable[str] = INTERVAL_METRICS) -> None:
+        self.period_ns = round(period_s * 1e9)
+        self.metrics = tuple(metrics)
+        self.intervals: list[dict[str, Any]] = []
+        self._open: dict[str, HdrHistogram] = {}
+        self._from_ns: int | None = None
+        self._to_ns = 0
+        self._start_ns = 0
+
+    def add(self, interval: Interval, start_ns: int) -> None:
+        self._start_ns = start_ns
+        if self._from_ns is None:
+            self._from_ns = interval.start_ns
+        for m in self.metrics:
+            h = interval.histograms.get(m)
+            if h is not None and h.get_total_count():
+                if m not in self._open:
+                    self._open[m] = new_histogram()
+                self._open[m].add(h)
+        self._to_ns = interval.end_ns
+        if self._to_ns - self._from_ns >= self.period_ns:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the running second (also called when a snapshot is taken)."""
+        if self._from_ns is None:
+            return
+        if self._open:
+            self.intervals.append(
+                {
+                    "start_s": round((self._from_ns - self._start_ns) / 1e9, 3),
+                    "end_s": round((self._to_ns - self._start_ns) / 1e9, 3),
+                    "histograms": {m: encode_histogram(h) for m, h in self._open.items()},
+                }
+            )
+        self._open = {}
+        self._from_ns = None
+
+
+def step_histograms(step: Any) -> dict[str, str | None]:
+    """A collector step's histograms, encoded (packed steps are already encoded)."""
+    compact = getattr(step, "compact", None)
+    if compact is not None:
+        return {m: (compact[m].decode("ascii") if compact.get(m) else None) for m in METRICS}
+    live = step.histograms or {}
+    return {m: (encode_histogram(live[m]) if m in live else None) for m in METRICS}
+
+
+def _engine_of(extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The detected engine; for the simulator, the flavour it plays, marked as simulated."""
+    engine = extra.get("engine")
+    sim = (extra.get("target") or {}).get("sim")
+    if sim:
+        out: dict[str, Any] = {"name": sim.get("engine"), "version": "simulated", "simulated": True}
+        if isinstance(engine, dict):
+            out["detected"] = engine
+        return out
+    if engine:
+        return dict(engine) if isinstance(engine, dict) else {"name": str(engine)}
+    return None
+
+
 def build_snapshot(
-    session: Any, extra: dict[str, Any], knee: dict[str, Any] | None = None
+    session: Any,
+    extra: dict[str, Any],
+    knee: dict[str, Any] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """The snapshot of a LoadSession as it stands now (it may still be running)."""
-    import time
-
     from llmtop.metrics.collector import step_summary
 
     collector = session.collector
     now = time.perf_counter_ns()
+    start_ns = getattr(session, "start_ns", 0) or now
     steps = []
     for step in collector.steps:
         s = step_summary(step, session.slo, now)
-        hists = step.all_histograms()
-        s["histograms"] = {m: encode_histogram(hists[m]) for m in METRICS}
+        s["start_s"] = round((step.start_ns - start_ns) / 1e9, 3)
+        end = step.end_ns if step.end_ns is not None else now
+        s["end_s"] = round((end - start_ns) / 1e9, 3)
+        s["histograms"] = step_histograms(step)
         steps.append(s)
-    summary = session.summary()
+    recorder = getattr(session, "interval_recorder", None)
+    if recorder is not None:
+        recorder.flush()
+    config = extra.get("config") or {}
+    target = extra.get("target") or {}
+    engine = _engine_of(extra)
+    profile = extra.get("profile")
+    if label is None:
+        name = (engine or {}).get("name") or target.get("url") or "run"
+        label = f"{name} {profile['name']}" if profile else str(name)
     return {
         "format": FORMAT,
         "version": VERSION,
         "llmtop_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "target": extra.get("target"),
-        "engine": extra.get("engine"),
-        "config": extra.get("config"),
+        "label": label,
+        "target": target,
+        "engine": engine,
+        "model": target.get("model"),
+        "workload": config.get("workload"),
+        "plan": config.get("plan"),
         "load": extra.get("load"),
+        "config": config,
+        "profile": profile,
+        "engine_config": extra.get("engine_config"),
         "slo": session.slo.text if session.slo else None,
-        "summary": summary,
+        "summary": session.summary(),
+        "histogram_unit": "us",
         "histograms": {m: encode_histogram(collector.cumulative[m]) for m in METRICS},
         "steps": steps,
+        "intervals": list(recorder.intervals) if recorder is not None else [],
         "series": [p.as_dict() for p in session.series],
-        "server_series": list(getattr(session, "server_series", [])),
+        "server_series": list(getattr(session, "server_series", None) or []),
         "knee": knee,
-        "notes": extra.get("notes", []),
+        "notes": list(extra.get("notes", [])),
     }
 
 
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: write null / "inf"."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        return ("inf" if obj > 0 else "-inf") if math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
 def save_snapshot(path: str | Path, snap: dict[str, Any]) -> Path:
+    """Write atomically (temporary file, fsync, rename): a crash never leaves half a file."""
     path = Path(path)
+    tmp: str | None = None
     try:
-        write_json_atomic(path, snap)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            body = {k: v for k, v in snap.items() if not k.startswith("_")}
+            json.dump(_clean(body), f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a snapshot is meant to be shared
+        os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise SnapshotError(f"cannot write snapshot {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
+# -- older layouts ----------------------------------------------------------------------
+def _v0_to_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """v0 (llmtop before 0.1's snapshot format): `llmtop_snapshot: 0`, `run`, `rate_steps`,
+    `timeseries`, histograms as {metric: base64} with values in µs, no engine or intervals."""
+    run = d.get("run") or {}
+    steps = []
+    for i, s in enumerate(d.get("rate_steps") or []):
+        s = dict(s)
+        s.setdefault("index", i)
+        s.setdefault("offered", s.pop("rate", None))
+        s.setdefault("label", "")
+        steps.append(s)
+    target = d.get("target") or {"url": run.get("url"), "model": run.get("model")}
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "llmtop_version": d.get("tool_version", "0"),
+        "created": d.get("created"),
+        "label": d.get("name") or target.get("url") or "run",
+        "target": target,
+        "engine": None,
+        "model": target.get("model"),
+        "workload": d.get("workload"),
+        "plan": None,
+        "load": d.get("load"),
+        "config": {"workload": d.get("workload")},
+        "profile": None,
+        "engine_config": None,
+        "slo": d.get("slo"),
+        "summary": {k: v for k, v in run.items() if k not in ("url", "model")},
+        "histogram_unit": "us",
+        "histograms": dict(d.get("histograms") or {}),
+        "steps": steps,
+        "intervals": [],
+        "series": list(d.get("timeseries") or []),
+        "server_series": [],
+        "knee": d.get("knee"),
+        "notes": ["migrated from snapshot format v0"],
+    }
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v1}
+
+
+def migrate(data: dict[str, Any], where: str = "snapshot") -> dict[str, Any]:
+    """Bring any known older layout up to VERSION, one step at a time."""
+    if "format" not in data and data.get("llmtop_snapshot") == 0:
+        data = {**data, "version": 0}
+    elif data.get("format") != FORMAT:
+        raise SnapshotError(f'{where}: not an llmtop snapshot (no "format": "{FORMAT}")')
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise SnapshotError(f"{where}: snapshot version {version!r} is not a version number")
+    if version > VERSION:
+        raise SnapshotError(
+            f"{where}: snapshot version {version} is newer than this llmtop reads ({VERSION}); "
+            "upgrade llmtop"
+        )
+    while version < VERSION:
+        data = MIGRATIONS[version](data)
+        version = data["version"]
+    return data
+
+
+_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "summary": dict,
+    "histograms": dict,
+    "steps": list,
+    "series": list,
+    "intervals": list,
+    "server_series": list,
+}
+
+
+def check(data: dict[str, Any], where: str = "snapshot") -> dict[str, Any]:
+    """Types of the parts readers rely on, and the whole-run histograms decode."""
+    for key, kind in _SHAPE.items():
+        if not isinstance(data.get(key), kind):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise SnapshotError(f"{where}: {key!r} is missing or not a {name} (corrupt snapshot?)")
+    for i, step in enumerate(data["steps"]):
+        if not isinstance(step, dict) or not isinstance(step.get("histograms", {}), dict):
+            raise SnapshotError(f"{where}: step {i} is not an object (corrupt snapshot?)")
+    for m in data["histograms"]:
+        histogram_of(data, m, where)
+    return data
+
+
 def load_snapshot(path: str | Path) -> dict[str, Any]:
-    """Read and check a snapshot; a clear one-line error for anything else."""
+    """Read, migrate and check a snapshot; a clear one-line error for anything else."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SnapshotError(f"{path}: no such snapshot file") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{path}: is a directory, not a snapshot file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"{path}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise SnapshotError(f"{path}: not a snapshot (invalid JSON at line {exc.lineno})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise SnapshotError(f'{path}: not an llmtop snapshot (no "format": "{FORMAT}")')
-    version = data.get("version")
-    if not isinstance(version, int) or version > VERSION:
         raise SnapshotError(
-            f"{path}: snapshot version {version!r} is newer than this llmtop reads ({VERSION})"
-        )
+            f"{path}: not a snapshot (invalid JSON at line {exc.lineno}: {exc.msg}; truncated?)"
+        ) from None
+    if not isinstance(data, dict):
+        raise SnapshotError(f'{path}: not an llmtop snapshot (no "format": "{FORMAT}")')
+    data = check(migrate(data, str(path)), str(path))
+    data["_path"] = str(path)
     return data

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from llmtop.config import Dialect, RunConfig
+from llmtop.config import Dialect, RunConfig, Workload
 from llmtop.errors import ConfigError
 
 UNIQUE_PREFIX_TOKENS = 4
+POOL = 512  # distinct (input, output) length draws cycled through for distributions
 
 
 @dataclass(frozen=True)
@@ -83,43 +85,99 @@ def header_bytes(endpoint: Endpoint, path: str, config: RunConfig) -> bytes:
 
 
 class RequestFactory:
-    """Builds each request's bytes: a fixed head and body with a fresh random prompt prefix."""
+    """Builds each request's bytes from pre-encoded pieces, cycling through a pool of entries.
+
+    An entry is (prefix bytes, number of fresh random token ids, suffix bytes). Synthetic
+    token-id prompts get a few random ids after any shared prefix, so no two requests share a
+    prefix-cache block beyond it; text and dataset prompts are whole requests built up front,
+    so `build()` stays a few microseconds whatever the workload.
+    """
 
     def __init__(self, config: RunConfig, endpoint: Endpoint) -> None:
         dialect = config.dialect
-        self._rng = random.Random(config.workload.seed)
+        wl = config.workload
+        self._rng = random.Random(wl.seed)
         self._head = header_bytes(endpoint, api_path(endpoint, config.target.api), config)
         fields = body_fields(config, dialect)
-        rest = json.dumps(fields, separators=(",", ":"))[1:]  # without the leading "{"
-        self._texts = [json.dumps(t).encode() for t in config.text_prompts]
         self._i = 0
         self._lo, self._hi = dialect.token_vocab
-        n = config.workload.input_len
-        if config.target.api == "chat":
-            self._mode = "chat"
-            self._pre = b'{"messages":[{"role":"user","content":'
-            self._post = b"}]," + rest.encode()
-        elif dialect.token_id_prompts:
+        rests: dict[int, bytes] = {}
+
+        def rest(out_len: int) -> bytes:  # the other fields, without the leading "{"
+            if out_len not in rests:
+                text = json.dumps({**fields, "max_tokens": out_len}, separators=(",", ":"))
+                rests[out_len] = text[1:].encode()
+            return rests[out_len]
+
+        chat = config.target.api == "chat"
+        text_pre = b'{"messages":[{"role":"user","content":' if chat else b'{"prompt":'
+        text_sep = b"}]," if chat else b","
+        entries: list[tuple[bytes, int, bytes]] = []
+        if config.dataset:
+            self._mode = "dataset"
+            for text, out in config.dataset:
+                out_len = out or self._out_len(wl)
+                entries.append((text_pre + json.dumps(text).encode(), 0, text_sep + rest(out_len)))
+        elif not chat and dialect.token_id_prompts:
             self._mode = "ids"
-            self._unique = min(UNIQUE_PREFIX_TOKENS, n)
-            fixed = [self._rng.randrange(self._lo, self._hi) for _ in range(n - self._unique)]
-            tail = "".join(f",{t}" for t in fixed) if self._unique else ",".join(map(str, fixed))
-            self._pre = b'{"prompt":['
-            self._post = (tail + "]," + rest).encode()
+            entries = self._id_entries(wl, rest)
         else:
-            self._mode = "text"
-            self._pre = b'{"prompt":'
-            self._post = b"," + rest.encode()
-        if self._mode != "ids" and not self._texts:
-            raise ConfigError("text prompts are needed for this server but none were prepared")
+            self._mode = "chat" if chat else "text"
+            texts = [json.dumps(t).encode() for t in config.text_prompts]
+            if not texts:
+                raise ConfigError("text prompts are needed for this server but none were prepared")
+            n = POOL if wl.output_dist else len(texts)
+            for i in range(n):
+                post = text_sep + rest(self._out_len(wl))
+                entries.append((text_pre + texts[i % len(texts)], 0, post))
+        self._entries = entries
+        # Whole requests where nothing changes per request (text and dataset prompts).
+        self._fixed = (
+            [self._wrap(pre + post) for pre, _, post in entries]
+            if all(u == 0 for _, u, _ in entries)
+            else None
+        )
+
+    def _out_len(self, wl: Workload) -> int:
+        return wl.output_dist.draw(self._rng) if wl.output_dist else wl.output_len
+
+    def _id_entries(
+        self, wl: Workload, rest: Callable[[int], bytes]
+    ) -> list[tuple[bytes, int, bytes]]:
+        """Token-id prompts: shared prefix, fresh random ids, then a fixed tail."""
+        rng, lo, hi = self._rng, self._lo, self._hi
+        varying = wl.input_dist is not None or wl.output_dist is not None
+        lengths = [
+            (
+                wl.input_dist.draw(rng) if wl.input_dist else wl.input_len,
+                self._out_len(wl),
+            )
+            for _ in range(POOL if varying else 1)
+        ]
+        longest = max(n for n, _ in lengths)
+        shared = [rng.randrange(lo, hi) for _ in range(min(wl.shared_prefix_len, longest))]
+        fixed = [rng.randrange(lo, hi) for _ in range(longest)]
+        entries = []
+        for n, out_len in lengths:
+            p = min(len(shared), n)
+            u = min(UNIQUE_PREFIX_TOKENS, n - p)
+            f = n - p - u
+            head = ",".join(map(str, shared[:p]))
+            pre = b'{"prompt":[' + head.encode() + (b"," if head and u else b"")
+            body = "".join(f",{t}" for t in fixed[:f])  # f > 0 only when u > 0
+            entries.append((pre, u, (body + "],").encode() + rest(out_len)))
+        return entries
+
+    def _wrap(self, body: bytes) -> bytes:
+        return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     def build(self) -> bytes:
-        if self._mode == "ids":
-            rng, lo, hi = self._rng, self._lo, self._hi
-            ids = ",".join([str(rng.randrange(lo, hi)) for _ in range(self._unique)])
-            body = self._pre + ids.encode() + self._post
-        else:
-            text = self._texts[self._i % len(self._texts)]
-            self._i += 1
-            body = self._pre + text + self._post
+        i = self._i
+        self._i = i + 1
+        if self._fixed is not None:
+            return self._fixed[i % len(self._fixed)]
+        pre, u, post = self._entries[i % len(self._entries)]
+        rng, lo, hi = self._rng, self._lo, self._hi
+        ids = ",".join([str(rng.randrange(lo, hi)) for _ in range(u)])
+        body = pre + ids.encode() + post
         return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body

@@ -14,6 +14,7 @@ from typing import Any
 
 from llmtop.backends.http import ConnectionPool, Exchange
 from llmtop.backends.openai import RequestFactory, parse_url
+from llmtop.backends.triton import TritonRequestFactory
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
 from llmtop.load.arrivals import NS_PER_S, ArrivalSchedule
@@ -34,7 +35,8 @@ class LoadDriver:
         self.loop = loop
         self.ship = ship
         endpoint = parse_url(config.target.url)
-        self.factory = RequestFactory(config, endpoint)
+        factory = TritonRequestFactory if config.target.api == "triton" else RequestFactory
+        self.factory = factory(config, endpoint)
         self.pool = ConnectionPool(
             loop,
             endpoint.host,

@@ -1,0 +1,289 @@
+"""Launch-and-sweep: one engine start, one measured load and one snapshot per configuration.
+
+`--sweep max-num-seqs=1,8,64` becomes three engine starts with `--max-num-seqs 1` ... (a flag
+already in the engine's args is replaced, not repeated); several `--sweep` options multiply.
+Each configuration's load is the same run config (same prompts, same seed), measured with the
+server's own metrics polled beside it, and saved as a snapshot; a table compares them at the
+end. A configuration whose engine does not start is reported and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from llmtop.config import RunConfig
+from llmtop.errors import ConfigError, LlmtopError
+from llmtop.slo import Slo
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=,-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One engine configuration: flag overrides and a label for files and tables."""
+
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.overrides:
+            return "default"
+        return ",".join(f"{flag.lstrip('-')}={value}" for flag, value in self.overrides)
+
+    @property
+    def slug(self) -> str:
+        return _SAFE.sub("_", self.label)
+
+
+def parse_sweep(spec: str) -> tuple[str, list[str]]:
+    """`max-num-seqs=1,8` → (`--max-num-seqs`, ["1", "8"])."""
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.lstrip("-") or not items:
+        raise ConfigError(f"bad --sweep {spec!r}: expected KEY=V1,V2,... (e.g. max-num-seqs=1,8)")
+    flag = key if key.startswith("-") else "--" + key
+    return flag, items
+
+
+def sweep_points(specs: Sequence[str]) -> list[SweepPoint]:
+    """Every combination of the --sweep values, in the order given (one point without any)."""
+    if not specs:
+        return [SweepPoint()]
+    parsed = [parse_sweep(s) for s in specs]
+    flags = [f for f, _ in parsed]
+    if len(set(flags)) != len(flags):
+        raise ConfigError("the same key is swept twice: give its values in one --sweep")
+    combos = itertools.product(*(values for _, values in parsed))
+    return [SweepPoint(tuple(zip(flags, combo, strict=True))) for combo in combos]
+
+
+def apply_overrides(args: Sequence[str], overrides: Sequence[tuple[str, str]]) -> list[str]:
+    """The engine args with each `--flag value` set (replacing `--flag X` / `--flag=X`)."""
+    out = list(args)
+    for flag, value in overrides:
+        i = 0
+        replaced = False
+        while i < len(out):
+            if out[i] == flag and i + 1 < len(out):
+                out[i + 1] = value
+                replaced = True
+                i += 2
+                continue
+            if out[i].startswith(flag + "="):
+                out[i] = f"{flag}={value}"
+                replaced = True
+            i += 1
+        if not replaced:
+            out += [flag, value]
+    return out
+
+
+# -- the comparison --------------------------------------------------------------------------
+
+
+def _pct(summary: Mapping[str, Any], metric: str, stat: str) -> float | None:
+    d = summary.get(f"{metric}_ms")
+    v = d.get(stat) if isinstance(d, dict) else None
+    return float(v) if isinstance(v, int | float) else None
+
+
+def comparison_row(label: str, snap: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures one configuration is compared by (from its snapshot)."""
+    s = snap.get("summary") or {}
+    series = snap.get("server_series") or []
+    running = [p["running"] for p in series if isinstance(p.get("running"), int | float)]
+    waiting = [p["waiting"] for p in series if isinstance(p.get("waiting"), int | float)]
+    return {
+        "config": label,
+        "completed": s.get("completed", 0),
+        "failed": s.get("failed", 0),
+        "request_throughput": s.get("request_throughput", 0.0),
+        "output_throughput": s.get("output_throughput", 0.0),
+        "ttft_p50_ms": _pct(s, "ttft", "p50"),
+        "ttft_p99_ms": _pct(s, "ttft", "p99"),
+        "tpot_p50_ms": _pct(s, "tpot", "p50"),
+        "tpot_p99_ms": _pct(s, "tpot", "p99"),
+        "e2el_p50_ms": _pct(s, "e2el", "p50"),
+        "server_running_max": max(running) if running else None,
+        "server_waiting_max": max(waiting) if waiting else None,
+        "error": None,
+    }
+
+
+def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain table: one line per configuration."""
+
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, int | float) else "-"
+
+    head = (
+        f"{'configuration':<28}{'done':>6}{'fail':>6}{'req/s':>9}{'out tok/s':>11}"
+        f"{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}{'TPOT p99':>10}{'E2E p50':>10}"
+        f"{'srv run':>9}{'srv wait':>9}"
+    )
+    lines = ["", "comparison (latencies in ms; srv = the server's own max running / waiting)"]
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"{r['config']:<28}  failed: {str(r['error']).splitlines()[0]}")
+            continue
+        lines.append(
+            f"{r['config']:<28}{r['completed']:>6}{r['failed']:>6}"
+            f"{num(r['request_throughput'], '.2f'):>9}{num(r['output_throughput'], ',.1f'):>11}"
+            f"{num(r['ttft_p50_ms'], '.1f'):>10}{num(r['ttft_p99_ms'], '.1f'):>10}"
+            f"{num(r['tpot_p50_ms'], '.2f'):>10}{num(r['tpot_p99_ms'], '.2f'):>10}"
+            f"{num(r['e2el_p50_ms'], '.1f'):>10}"
+            f"{num(r['server_running_max'], '.0f'):>9}{num(r['server_waiting_max'], '.0f'):>9}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- one configuration, end to end -----------------------------------------------------------
+
+
+def drive_session(
+    config: RunConfig, slo: Slo | None, server_sample: Callable[[], Any] | None, progress: bool
+) -> Any:
+    """Run the load to its end with the server's metrics beside it; the closed LoadSession."""
+    from llmtop.report import progress_line
+    from llmtop.session import LoadSession
+
+    session = LoadSession(config, slo, server_sample=server_sample)
+    session.start()
+    last = 0.0
+    try:
+        while not session.finished:
+            frame = session.pump(0.05)
+            if frame is not None and progress and time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                sys.stderr.write("\r\x1b[2K" + progress_line(frame))
+                sys.stderr.flush()
+        for _ in range(3):
+            session.pump(0.02)
+    except KeyboardInterrupt:
+        session.stop(cancel_in_flight=True)
+        session.wait_stopped(5.0)
+        raise
+    finally:
+        session.close()
+        session.tick(time.perf_counter_ns())
+        if progress:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+    return session
+
+
+@dataclasses.dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]
+    snapshots: list[Path]
+    out_dir: Path
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("error")]
+
+
+def _auth_headers(config: RunConfig) -> dict[str, str]:
+    h = dict(config.target.headers)
+    if config.target.api_key:
+        h["Authorization"] = f"Bearer {config.target.api_key}"
+    return h
+
+
+def run_sweep(
+    engine: str,
+    engine_args: Sequence[str],
+    points: Sequence[SweepPoint],
+    config: RunConfig,
+    options: dict[str, Any],
+    out_dir: str | Path,
+    *,
+    slo: Slo | None = None,
+    python: str | None = None,
+    port: int | None = None,
+    health_timeout_s: float = 900.0,
+    env: Mapping[str, str] | None = None,
+    nice: int = 0,
+    progress: bool = False,
+    echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    out: TextIO | None = None,
+) -> SweepResult:
+    """For each point: start the engine, detect it, load it, snapshot it, stop it."""
+    from llmtop.cli_options import prepared_run
+    from llmtop.engines.detect import detect_engine
+    from llmtop.engines.launch import EngineStartError, launch_engine
+    from llmtop.engines.metrics import MetricsPoller
+    from llmtop.report import print_summary
+    from llmtop.snapshot import build_snapshot, save_snapshot
+
+    stdout = out or sys.stdout
+    out_path = Path(out_dir)
+    try:
+        out_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LlmtopError(f"cannot create --out {out_path}: {exc.strerror or exc}") from None
+    rows: list[dict[str, Any]] = []
+    snaps: list[Path] = []
+    headers = _auth_headers(config)
+    for n, point in enumerate(points, 1):
+        args = apply_overrides(engine_args, point.overrides)
+        echo(f"llmtop: [{n}/{len(points)}] {point.label}: starting {engine} ...")
+        try:
+            proc = launch_engine(engine, args, python, port, health_timeout_s, env=env, nice=nice)
+        except EngineStartError as exc:
+            if len(points) == 1:
+                raise
+            echo(f"llmtop: [{n}/{len(points)}] {point.label}: {exc}")
+            rows.append({"config": point.label, "error": str(exc)})
+            continue
+        with proc:
+            info = detect_engine(proc.url, headers)
+            echo(
+                f"llmtop: [{n}/{len(points)}] {point.label}: {info.label} healthy at "
+                f"{proc.url} after {proc.startup_s or 0:.1f} s"
+            )
+            opts = {**options, "url": proc.url}
+            with prepared_run(config, opts) as prep:
+                poller = MetricsPoller.for_engine(
+                    info, headers, on_problem=lambda m: echo(f"llmtop: warning: {m}")
+                )
+                poller.start()
+                try:
+                    session = drive_session(prep.config, slo, poller.latest, progress)
+                finally:
+                    poller.stop()
+                session.server_series = poller.samples()
+                extra = {**prep.extra, "engine": info.public()}
+                snap = build_snapshot(session, extra)
+                snap["sweep"] = {
+                    "engine": engine,
+                    "label": point.label,
+                    "overrides": [list(o) for o in point.overrides],
+                    "argv": proc.argv,
+                    "startup_s": proc.startup_s,
+                }
+                if poller.problem:
+                    snap.setdefault("notes", []).append(poller.problem)
+                path = save_snapshot(out_path / f"{engine}-{point.slug}.json", snap)
+                snaps.append(path)
+                row = comparison_row(point.label, snap)
+                if session.failure:
+                    row["error"] = session.failure
+                rows.append(row)
+                print_summary({**snap["summary"], **extra}, stdout)
+                echo(f"llmtop: [{n}/{len(points)}] {point.label}: snapshot {path}")
+    table = format_comparison(rows)
+    stdout.write(table)
+    stdout.flush()
+    (out_path / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return SweepResult(rows, snaps, out_path)

@@ -1,0 +1,322 @@
+"""Report pictures (PNG and SVG) from snapshots, and the Markdown page that ties them together.
+
+matplotlib is an optional extra (`pip install 'llmtop[report]'`): it is heavy and only the
+report needs it, so it is imported here, on first use, with a clear error when missing.
+Every figure draws one line per snapshot so engines can be read side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from llmtop.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
+from llmtop.errors import LlmtopError
+from llmtop.snapshot import histogram_of
+
+FORMATS = ("png", "svg")
+SPECTRUM_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"))
+# Percentiles of the spectrum: 0 and then 1 - 10^(-k/10), up to 99.999 %.
+SPECTRUM_PERCENTILES = (0.0, *(100.0 * (1 - 10 ** (-k / 10)) for k in range(1, 51)))
+
+
+class ReportError(LlmtopError):
+    """The report cannot be made (plotting library missing, output not writable)."""
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError(
+            "llmtop report needs matplotlib: pip install 'llmtop[report]' (or matplotlib)"
+        ) from None
+    matplotlib.use("Agg", force=True)
+    matplotlib.rcParams["svg.hashsalt"] = "llmtop"  # stable SVG ids between runs
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: searchable, smaller
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        meta = {"Date": None} if fmt == "svg" else {}
+        fig.savefig(path, dpi=120, bbox_inches="tight", metadata=meta)
+        paths.append(path)
+    return paths
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    if v == "inf":
+        return math.inf
+    return math.nan
+
+
+def spectrum(snap: dict[str, Any], metric: str) -> tuple[list[float], list[float]]:
+    """(percentile, value ms) pairs of the whole-run histogram, HdrHistogram-plot style."""
+    h = histogram_of(snap, metric, snapshot_name(snap))
+    if h is None:
+        return [], []
+    n = h.get_total_count()
+    # Beyond 1 - 1/n the percentiles repeat the maximum: stop there.
+    top = 100.0 * (1 - 1 / max(n, 1)) if n > 1 else 0.0
+    pcts = [p for p in SPECTRUM_PERCENTILES if p <= top + 1e-9] or [0.0]
+    values = h.get_percentile_to_value_dict(pcts)
+    xs = [p for p in pcts]
+    ys = [values[p] / 1000 for p in pcts]
+    xs.append(100.0 * (1 - 1 / (n + 1)))  # the maximum, placed just beyond the last sample
+    ys.append(h.get_max_value() / 1000)
+    return xs, ys
+
+
+def plot_spectrum(
+    snaps: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
+    """TTFT / TPOT / ITL against percentile, x = 1/(1-p) on a log axis (as HdrHistogram)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(SPECTRUM_METRICS), figsize=(15, 4.5), squeeze=False)
+    ticks = [1, 10, 100, 1000, 10_000, 100_000]
+    tick_labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
+    for ax, (metric, title) in zip(axes[0], SPECTRUM_METRICS, strict=True):
+        drawn = False
+        for snap in snaps:
+            xs, ys = spectrum(snap, metric)
+            if not xs:
+                continue
+            inv = [1 / (1 - p / 100) for p in xs]
+            ax.plot(inv, ys, label=snapshot_name(snap), linewidth=1.6)
+            drawn = True
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, tick_labels)
+        ax.set_xlim(1, 100_000)
+        ax.set_xlabel("percentile")
+        ax.set_ylabel(f"{title} (ms)")
+        ax.set_title(f"{title} percentile spectrum")
+        ax.grid(True, which="major", alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    paths = _save(fig, out, "percentiles", formats)
+    plt.close(fig)
+    return paths
+
+
+def _points(snap: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rate steps with completions; a one-step run is drawn from its whole-run summary."""
+    steps = [s for s in snap.get("steps") or [] if (s.get("completed") or 0) > 0]
+    summary = snap.get("summary") or {}
+    if len(steps) <= 1 and summary.get("completed"):
+        offered = steps[0].get("offered") if steps else (snap.get("plan") or {}).get("request_rate")
+        return [{**summary, "offered": offered}]
+    return steps
+
+
+def plot_knee(
+    snaps: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
+    """Throughput and p99 latency against offered load, one point per rate step."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
+    panels = (
+        (lambda s: _num(s.get("output_throughput")), "output tokens/s"),
+        (lambda s: _num(s.get("request_throughput")), "requests/s (o) · goodput (x)"),
+        (lambda s: _num((s.get("ttft_ms") or {}).get("p99")), "TTFT p99 (ms)"),
+        (lambda s: _num((s.get("tpot_ms") or {}).get("p99")), "TPOT p99 (ms)"),
+    )
+    for snap in snaps:
+        steps = _points(snap)
+        if not steps:
+            continue
+        name = snapshot_name(snap)
+        xs = [_num(s.get("offered")) for s in steps]
+        # An offered rate of "inf" is drawn at the rate achieved instead.
+        xs = [
+            _num(s.get("request_throughput")) if math.isinf(x) or math.isnan(x) else x
+            for x, s in zip(xs, steps, strict=True)
+        ]
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        xs = [xs[i] for i in order]
+        steps = [steps[i] for i in order]
+        color = None
+        for ax, (get, _) in zip(axes, panels, strict=True):
+            (line,) = ax.plot(xs, [get(s) for s in steps], "o-", label=name, color=color)
+            color = line.get_color()
+        goodput = [_num(s.get("goodput")) for s in steps]
+        if any(not math.isnan(g) for g in goodput):
+            axes[1].plot(xs, goodput, "x--", color=color, alpha=0.7)
+        knee = snap.get("knee") or {}
+        rate = _num(knee.get("rate"))
+        if not math.isnan(rate) and not math.isinf(rate):
+            for ax in axes:
+                ax.axvline(rate, color=color, linestyle=":", alpha=0.8)
+            axes[0].annotate(f"knee {rate:g}", (rate, 0), textcoords="offset points", xytext=(3, 5))
+    for ax, (_, label) in zip(axes, panels, strict=True):
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_title("Throughput and latency against offered load (one point per rate step)")
+    axes[-1].set_xlabel("offered load (req/s, or concurrency for closed-loop runs)")
+    slo = str(snaps[0].get("slo") or "") if snaps else ""
+    for part in slo.split(","):
+        for ax, metric in ((axes[2], "ttft_p99"), (axes[3], "tpot_p99")):
+            if part.strip().startswith(metric):
+                limit = _limit_ms(part)
+                if limit is not None:
+                    ax.axhline(limit, color="grey", linestyle="--", linewidth=1)
+    fig.tight_layout()
+    paths = _save(fig, out, "knee", formats)
+    plt.close(fig)
+    return paths
+
+
+def _limit_ms(part: str) -> float | None:
+    from llmtop.slo import Slo, SloError
+
+    try:
+        slo = Slo.parse(part.strip())
+    except SloError:
+        return None
+    limits = getattr(slo, "limits", ())
+    return float(limits[0].threshold) if limits else None
+
+
+def plot_series(
+    snaps: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FORMATS
+) -> list[Path]:
+    """The 1-second series: output tokens/s, TTFT p99 and TPOT p99 (sliding window)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    rows = (
+        ("output_tps", "output tokens/s"),
+        ("ttft_p99_ms", "TTFT p99 (ms, window)"),
+        ("tpot_p99_ms", "TPOT p99 (ms, window)"),
+    )
+    for snap in snaps:
+        series = snap.get("series") or []
+        if not series:
+            continue
+        xs = [_num(p.get("t_s")) for p in series]
+        for ax, (key, _) in zip(axes, rows, strict=True):
+            ax.plot(xs, [_num(p.get(key)) for p in series], label=snapshot_name(snap))
+    for ax, (_, label) in zip(axes, rows, strict=True):
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_title("Time series (one point a second)")
+    axes[-1].set_xlabel("seconds since start")
+    fig.tight_layout()
+    paths = _save(fig, out, "timeseries", formats)
+    plt.close(fig)
+    return paths
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(snaps: list[dict[str, Any]], pictures: dict[str, list[Path]]) -> str:
+    """The report page: what each snapshot holds, the pictures, the comparison table."""
+    out = ["# llmtop report", ""]
+    rows = []
+    for snap in snaps:
+        s = snap.get("summary") or {}
+        eng = snap.get("engine") or {}
+        rows.append(
+            [
+                snapshot_name(snap),
+                " ".join(str(x) for x in (eng.get("name"), eng.get("version")) if x) or "-",
+                str(snap.get("model") or "-"),
+                workload_key(snap),
+                str(snap.get("load") or "-"),
+                str(snap.get("slo") or "-"),
+                str(s.get("completed", "-")),
+                fmt_value(_num(s.get("output_throughput")), "tok/s"),
+                fmt_value(_num((s.get("ttft_ms") or {}).get("p99")), "ms"),
+                fmt_value(_num((s.get("tpot_ms") or {}).get("p99")), "ms"),
+                str(len(snap.get("steps") or [])),
+                str(snap.get("created") or "-"),
+            ]
+        )
+    out.append("## Snapshots")
+    out.append("")
+    out.append(
+        _md_table(
+            [
+                "snapshot",
+                "engine",
+                "model",
+                "workload",
+                "load",
+                "SLO",
+                "completed",
+                "output tok/s",
+                "TTFT p99 ms",
+                "TPOT p99 ms",
+                "steps",
+                "taken",
+            ],
+            rows,
+        )
+    )
+    out.append("")
+    out.append(
+        "TTFT: send → first generated token. TPOT: (E2E − TTFT) / (output tokens − 1), per "
+        "request. ITL: gap between token chunks, split per token. E2E: send → last token."
+    )
+    captions = {
+        "knee": (
+            "Throughput and latency against offered load",
+            "One point per rate step; dotted lines mark a searched knee, dashed ones the SLO.",
+        ),
+        "percentiles": (
+            "Percentile spectrum",
+            "Whole-run latency at each percentile; the x axis is 1/(1−p), as HdrHistogram plots.",
+        ),
+        "timeseries": ("Time series", "Sliding-window figures, one point a second."),
+    }
+    for stem, (title, caption) in captions.items():
+        files = pictures.get(stem) or []
+        png = next((p for p in files if p.suffix == ".png"), files[0] if files else None)
+        if png is None:
+            continue
+        out += ["", f"## {title}", "", caption, "", f"![{title}]({png.name})"]
+        others = [p.name for p in files if p != png]
+        if others:
+            out += ["", "Also: " + ", ".join(f"[{n}]({n})" for n in others)]
+    out += ["", "## Comparison", "", "```", render(compare_snapshots(snaps), color=False), "```"]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(
+    snaps: list[dict[str, Any]], out_dir: str | Path, formats: tuple[str, ...] = FORMATS
+) -> dict[str, list[Path]]:
+    """All pictures and `report.md` into `out_dir`; returns what was written."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create {out}: {exc.strerror or exc}") from None
+    _pyplot()  # the clear error before any work
+    written: dict[str, list[Path]] = {}
+    try:
+        written["knee"] = plot_knee(snaps, out, formats)
+        written["percentiles"] = plot_spectrum(snaps, out, formats)
+        written["timeseries"] = plot_series(snaps, out, formats)
+        page = out / "report.md"
+        page.write_text(markdown(snaps, written), encoding="utf-8")
+    except OSError as exc:
+        raise ReportError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
+    written["page"] = [page]
+    return written
