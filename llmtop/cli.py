@@ -20,12 +20,16 @@ from llmtop.cli_options import (
 )
 from llmtop.errors import ConfigError, LlmtopError
 from llmtop.slo import Slo, SloError
+from llmtop.ui_cli import DefaultCommandGroup, ui_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llmtop")
 def cli() -> None:
-    """llmtop: a live load tester for LLM inference servers."""
+    """llmtop: a live load tester for LLM inference servers.
+
+    `llmtop [URL]` opens the live UI (against a simulated engine when no URL is given).
+    """
 
 
 @cli.command()
@@ -99,6 +103,11 @@ def parse_slo(text: str | None) -> Slo:
 
 
 def _register_optional() -> None:
+    cli.add_command(ui_command, "ui")
+    with contextlib.suppress(ImportError):
+        from llmtop.knee_cli import knee_command
+
+        cli.add_command(knee_command, "knee")
     with contextlib.suppress(ImportError):
         from llmtop.sim.cli import sim_command
 

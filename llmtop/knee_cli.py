@@ -1,0 +1,156 @@
+"""`llmtop knee`: find the highest load that meets an SLO (registered by `llmtop.cli`)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import click
+
+from llmtop.cli_options import (
+    RateType,
+    build_config,
+    prepared_run,
+    target_options,
+    validate,
+    workload_options,
+)
+from llmtop.errors import ConfigError, LlmtopError
+from llmtop.knee import KneePlan
+from llmtop.slo import Slo, SloError
+
+
+def _percent(value: str) -> float:
+    text = str(value).strip()
+    try:
+        v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ConfigError(
+            f"--resolution {value!r}: give a fraction (0.05) or a percentage (5%)"
+        ) from None
+    if v >= 1 and not text.endswith("%"):
+        v /= 100  # "5" means 5 %
+    if not 0 < v < 1:
+        raise ConfigError(f"--resolution {value!r} must be between 0 and 100 %")
+    return v
+
+
+@click.command("knee")
+@target_options
+@workload_options
+@click.option(
+    "--slo",
+    required=True,
+    help="The SLO each step must meet, e.g. 'ttft_p99<=1s' or 'tpot_p99<=20ms,error_rate<=1%'.",
+)
+@click.option(
+    "--start-rate", type=RateType(), default="1", show_default=True, help="First rate (req/s)."
+)
+@click.option(
+    "--max-rate", type=RateType(), default="1000", show_default=True, help="Rate cap (req/s)."
+)
+@click.option(
+    "--step",
+    "factor",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Ramp factor between steps.",
+)
+@click.option("--resolution", default="5%", show_default=True, help="Stop bisecting at this gap.")
+@click.option(
+    "--min-step-s",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="Least measured time a step holds.",
+)
+@click.option(
+    "--max-step-s",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="Most measured time a step holds.",
+)
+@click.option(
+    "--concurrency-search",
+    is_flag=True,
+    help="Closed loop: search the concurrency (requests kept in flight) instead of the rate.",
+)
+@click.option("--start-concurrency", type=int, default=1, show_default=True)
+@click.option("--max-concurrency", "max_conc", type=int, default=256, show_default=True)
+@click.option(
+    "--verify", is_flag=True, help="Measure the knee step a second time before answering."
+)
+@click.option(
+    "--confidence", type=float, default=0.95, show_default=True, help="Level of the step verdicts."
+)
+@click.option(
+    "--burstiness", type=float, default=1.0, show_default=True, help="Gamma shape of arrivals."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Write the knee and its steps as JSON.",
+)
+@click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Write a snapshot here.")
+def knee_command(**o: Any) -> None:
+    """Ramp the load until the SLO breaks, then bisect to the knee (headless)."""
+    from llmtop.knee_run import run_knee
+
+    try:
+        slo = Slo.parse(o["slo"])
+    except SloError as exc:
+        raise ConfigError(str(exc)) from None
+    if not slo:
+        raise ConfigError("--slo is empty: give at least one limit, e.g. 'ttft_p99<=1s'")
+    resolution = _percent(o["resolution"])
+    if not 0.5 < o["confidence"] < 1:
+        raise ConfigError(f"--confidence must be between 0.5 and 1, got {o['confidence']:g}")
+    conc = o["concurrency_search"]
+    if conc:
+        start, top = float(o["start_concurrency"]), float(o["max_conc"])
+        if start < 1:
+            raise ConfigError(f"--start-concurrency must be >= 1, got {o['start_concurrency']}")
+    else:
+        start, top = o["start_rate"], o["max_rate"]
+        if math.isinf(start):
+            raise ConfigError("--start-rate must be a finite rate")
+    if top < start:
+        flag = "--max-concurrency" if conc else "--max-rate"
+        raise ConfigError(f"{flag} ({top:g}) is below the start ({start:g})")
+    try:
+        plan = KneePlan(
+            mode="concurrency" if conc else "rate",
+            start=start,
+            factor=o["factor"],
+            max_value=top,
+            resolution=resolution,
+            min_step_s=o["min_step_s"],
+            max_step_s=o["max_step_s"],
+            alpha=1 - o["confidence"],
+            verify=o["verify"],
+        )
+    except ValueError as exc:
+        raise ConfigError(f"knee search: {exc}") from None
+    o["request_rate"] = start if not conc else math.inf
+    o["concurrency"] = int(start) if conc else None
+    o["max_concurrency"] = None
+    o["duration"] = None
+    o["num_requests"] = None
+    o.setdefault("warmup", 0.0)
+    o.setdefault("window", 10.0)
+    validate(o, default_requests=None)
+    config = build_config(o)
+    with prepared_run(config, o) as prep:
+        run = run_knee(prep.config, prep.extra, slo, plan, o["json_path"], o["save_path"])
+    if run.failure and not run.result.steps:
+        raise LlmtopError(run.failure.splitlines()[0])
+    if run.interrupted:
+        where = f" and in {o['json_path']}" if o["json_path"] else ""
+        click.echo(f"llmtop: interrupted; the steps so far are above{where}", err=True)
+        sys.exit(130)
+    if run.failure:
+        raise LlmtopError(run.failure.splitlines()[0])

@@ -1,0 +1,1 @@
+"""One widget a file; each renders immutable telemetry and nothing else."""

@@ -1,0 +1,217 @@
+"""The one thread that drives the `LoadSession`; the UI talks to it only through a queue.
+
+Timing is sacred: the load runs in its own process (LoadSession starts it), and this thread
+only reads telemetry from it, applies the operator's commands between pumps, and posts
+immutable frames to the app. Every session call (start, pump, set_rate, snapshot...) happens
+here, so no lock is needed and no widget ever touches the session or its deques.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual.message import Message
+
+from llmtop.tui import commands as cmd
+from llmtop.tui.messages import (
+    CommandApplied,
+    KneeReported,
+    LoadClosed,
+    LoadStarted,
+    LoadStopped,
+    SnapshotFailed,
+    SnapshotSaved,
+    StepsUpdated,
+    TelemetryReceived,
+)
+from llmtop.tui.model import StepPoint, format_rate, step_point
+
+PUMP_S = 0.05  # the longest a command waits before the worker sees it
+STEPS_EVERY_S = 1.0
+SETTLED_S = 30.0  # a step ended this long ago no longer changes enough to recompute
+STOP_GRACE_S = 5.0
+
+
+class SessionDriver:
+    """Owns the session in the worker thread; `send()` is the UI's only way in."""
+
+    def __init__(
+        self,
+        make_session: Callable[[], Any],
+        extra: dict[str, Any],
+        save_path: str | None = None,
+        server_series: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self._make_session = make_session
+        self.extra = extra
+        self.save_path = save_path
+        self.server_series = server_series
+        self.saved: str | None = None  # the exit snapshot, once written
+        self.commands: queue.Queue[cmd.Command] = queue.Queue()
+        self.done = threading.Event()
+        self.session: Any = None  # touched by the worker thread only
+        self._post: Callable[[Message], object] = lambda m: None
+        self._steps_cache: dict[int, StepPoint] = {}
+        self._knee: Any = None
+
+    # -- the UI side --------------------------------------------------------------------
+    def send(self, command: cmd.Command) -> None:
+        """Queue a command for the worker (thread-safe, never blocks)."""
+        self.commands.put(command)
+
+    # -- the worker side ----------------------------------------------------------------
+    def start(self) -> None:
+        """Create the session and start the load process, before the app runs.
+
+        In the calling (main) thread on purpose: spawning a process needs the real stdout /
+        stderr file descriptors, which Textual replaces while it runs. The worker thread
+        takes the session over from here (the thread start orders the hand-over).
+        """
+        self.session = self._make_session()
+        self.session.start()
+
+    def run(self, post: Callable[[Message], object]) -> None:
+        """The worker body: pump until Stop, then stop the load and keep its results."""
+        self._post = post
+        session = self.session
+        saved: str | None = None
+        try:
+            if session is None:
+                raise RuntimeError("SessionDriver.start() was not called")
+            post(LoadStarted(session.process.pid))
+            self._loop(session)
+            if not session.finished:
+                session.stop(cancel_in_flight=True)
+                session.wait_stopped(STOP_GRACE_S)
+            for _ in range(3):  # whatever was shipped with the stop message
+                session.pump(0.02)
+        except Exception as exc:  # the UI shows it; the terminal must still be restored
+            post(LoadStopped("failed", f"{type(exc).__name__}: {exc}"))
+        finally:
+            if session is not None:
+                with contextlib.suppress(Exception):
+                    session.close()
+                with contextlib.suppress(Exception):
+                    post(TelemetryReceived(session.tick(time.perf_counter_ns())))
+                    self._post_steps(session)
+                if self.save_path:
+                    saved = self.saved = self._save(session, self.save_path)
+            post(LoadClosed(saved))
+            self.done.set()
+
+    def _loop(self, session: Any) -> None:
+        reported_stop = False
+        next_steps = 0.0
+        while True:
+            if self._drain(session):
+                return
+            if session.finished:
+                if not reported_stop:
+                    reported_stop = True
+                    reason = session.stopped.reason if session.stopped else "failed"
+                    self._post(LoadStopped(reason, session.failure))
+                    self._post(TelemetryReceived(session.tick(time.perf_counter_ns())))
+                    self._post_steps(session)
+                # nothing more will arrive; keep serving snapshot / stop commands
+                with contextlib.suppress(queue.Empty):
+                    self.commands.put(self.commands.get(timeout=0.25))
+                continue
+            frame = session.pump(PUMP_S)
+            if frame is not None:
+                self._post(TelemetryReceived(frame))
+                if self._knee is not None:
+                    self._knee_tick(session, frame)
+            now = time.monotonic()
+            if now >= next_steps:
+                next_steps = now + STEPS_EVERY_S
+                self._post_steps(session)
+
+    def _drain(self, session: Any) -> bool:
+        """Apply every queued command; True when asked to stop."""
+        while True:
+            try:
+                c = self.commands.get_nowait()
+            except queue.Empty:
+                return False
+            if isinstance(c, cmd.Stop):
+                return True
+            self._apply(session, c)
+
+    def _apply(self, session: Any, c: cmd.Command) -> None:
+        finished = session.finished
+        if isinstance(c, cmd.SaveSnapshot):
+            path = self._save(session, c.path)
+            if path:
+                self._post(SnapshotSaved(path))
+            return
+        if isinstance(c, cmd.StartKnee):
+            self._start_knee(session)
+            return
+        if finished:
+            self._post(CommandApplied("the load has stopped: nothing to change"))
+            return
+        if isinstance(c, cmd.SetRate):
+            self._knee = None  # the operator takes over
+            session.set_rate(c.rate)
+            self._post(CommandApplied(f"rate → {format_rate(c.rate)} req/s"))
+        elif isinstance(c, cmd.SetConcurrency):
+            self._knee = None
+            session.set_concurrency(c.concurrency)
+            self._post(CommandApplied(f"concurrency → {c.concurrency}"))
+        elif isinstance(c, cmd.Pause):
+            session.pause()
+            self._post(CommandApplied("arrivals paused"))
+        elif isinstance(c, cmd.Resume):
+            session.resume()
+            self._post(CommandApplied("arrivals resumed"))
+        elif isinstance(c, cmd.ResetWindow):
+            session.collector.reset_window()
+            self._post(CommandApplied("window reset"))
+
+    def _save(self, session: Any, path: str) -> str | None:
+        from llmtop.snapshot import SnapshotError, build_snapshot, save_snapshot
+
+        if self.server_series is not None:
+            with contextlib.suppress(Exception):
+                session.server_series = self.server_series()
+        knee = getattr(self._knee, "result", None)
+        knee = knee() if callable(knee) else None
+        try:
+            return str(save_snapshot(path, build_snapshot(session, self.extra, knee=knee)))
+        except SnapshotError as exc:
+            self._post(SnapshotFailed(str(exc)))
+        except Exception as exc:  # never lose the run over a snapshot
+            self._post(SnapshotFailed(f"{type(exc).__name__}: {exc}"))
+        return None
+
+    def _post_steps(self, session: Any) -> None:
+        """Step points for the curve; settled steps come from the cache."""
+        now = time.perf_counter_ns()
+        out = []
+        for step in session.collector.steps:
+            cached = self._steps_cache.get(step.index)
+            if cached is not None:
+                out.append(cached)
+                continue
+            point = step_point(step, session.slo, now)
+            if step.end_ns is not None and now - step.end_ns > SETTLED_S * 1e9:
+                self._steps_cache[step.index] = point
+            out.append(point)
+        self._post(StepsUpdated(tuple(out)))
+
+    # -- knee search (llmtop.knee, when it is there) -------------------------------------
+    def _start_knee(self, session: Any) -> None:
+        try:
+            from llmtop import knee  # noqa: F401
+        except ImportError:
+            self._post(KneeReported("knee search is not available in this build", done=True))
+            return
+        self._post(KneeReported("knee search: not wired yet", done=True))
+
+    def _knee_tick(self, session: Any, frame: Any) -> None:
+        """One step of the knee state machine per frame (wired when llmtop.knee lands)."""

@@ -1,0 +1,181 @@
+"""`llmtop [URL]`: open the live UI on a server (or on the built-in simulator without a URL).
+
+`DefaultCommandGroup` makes the UI the group's default command, so `llmtop`,
+`llmtop http://host:8000` and `llmtop --slo ...` all open it while `llmtop run ...` and the
+other sub-commands keep working. Preflight problems (an unreachable server, a refused key)
+end here with a one-line error before the UI takes over the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+from typing import Any
+
+import click
+
+from llmtop.cli_options import (
+    build_config,
+    load_options,
+    prepared_run,
+    target_options,
+    validate,
+    workload_options,
+)
+from llmtop.errors import ConfigError, LlmtopError
+from llmtop.slo import Slo, SloError
+
+UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
+UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
+WORKER_GRACE_S = 15.0
+
+
+class DefaultCommandGroup(click.Group):
+    """A group whose default command (the UI) runs when no sub-command is named."""
+
+    default_command = "ui"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = args[0] if args else None
+        group_flags = {"-h", "--help", "--version"}
+        if first is None or (first not in self.commands and first not in group_flags):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+class RateStepType(click.ParamType):
+    """A rate step in percent: `10`, `10%` (per up/down press)."""
+
+    name = "PERCENT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().removesuffix("%")
+        try:
+            pct = float(text)
+        except ValueError:
+            self.fail(f"{value!r}: give a percentage, e.g. 10 or 10%", param, ctx)
+        if not 0 < pct <= 100:
+            self.fail(f"{value!r}: the rate step must be between 0 and 100 %", param, ctx)
+        return pct / 100
+
+
+@click.command("ui")
+@click.argument("target_url", metavar="[URL]", required=False)
+@target_options
+@workload_options
+@load_options
+@click.option(
+    "--slo", help="SLO shown on the gauges and charts, e.g. 'ttft_p99<=1s,tpot_p99<=20ms'."
+)
+@click.option(
+    "--rate-step",
+    type=RateStepType(),
+    default="10",
+    show_default=True,
+    help="Percent the rate (or concurrency) changes per up/down press.",
+)
+@click.option(
+    "--save",
+    type=click.Path(dir_okay=False),
+    help="Write a snapshot here when the UI quits (the `s` key saves one any time).",
+)
+@click.option("--exit-after", type=float, hidden=True, help="Quit after this many seconds.")
+@click.pass_context
+def ui_command(ctx: click.Context, target_url: str | None, **o: Any) -> None:
+    """Open the live UI: steer the request rate and watch TTFT, TPOT and tokens/s."""
+    if target_url:
+        if o.get("url") and o["url"] != target_url:
+            raise ConfigError("give the URL once: as an argument or with --url")
+        o["url"] = target_url
+    source = ctx.get_parameter_source("request_rate")
+    if source == click.core.ParameterSource.DEFAULT and o.get("concurrency") is None:
+        o["request_rate"] = UI_START_RATE
+    sys.exit(run_ui(o))
+
+
+def _parse_slo(text: str | None) -> Slo:
+    try:
+        return Slo.parse(text)
+    except SloError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def run_ui(o: dict[str, Any]) -> int:
+    """Validate, start the simulator or preflight the server, then run the app to the end."""
+    from llmtop.engines.detect import detect_engine
+    from llmtop.engines.metrics import MetricsPoller
+    from llmtop.session import LoadSession
+    from llmtop.tui.app import create_app
+    from llmtop.tui.commands import Stop
+    from llmtop.tui.model import RunInfo
+    from llmtop.tui.worker import SessionDriver
+
+    if o.get("duration") is None and o.get("num_requests") is None:
+        o["duration"] = UI_DURATION_S
+    validate(o, default_requests=None)
+    if math.isinf(o.get("request_rate", math.inf)) and o.get("concurrency") is None:
+        raise ConfigError("the UI steers a finite rate: give --request-rate N (req/s)")
+    if o.get("exit_after") is not None and not o["exit_after"] > 0:
+        raise ConfigError("--exit-after must be > 0")
+    slo = _parse_slo(o.get("slo"))
+    config = build_config(o)
+    with prepared_run(config, o) as prep:
+        target = prep.config.target
+        headers = dict(target.headers)
+        if target.api_key:
+            headers["Authorization"] = f"Bearer {target.api_key}"
+        engine = detect_engine(target.url, headers)
+        poller = MetricsPoller.for_engine(engine, headers)
+        extra = {**prep.extra, "engine": engine.public()}
+        info = RunInfo.from_extra(
+            extra,
+            prep.config.plan,
+            slo,
+            rate_step=o["rate_step"],
+            save_path=o.get("save"),
+            knee=False,
+        )
+
+        def make_session() -> LoadSession:
+            return LoadSession(prep.config, slo, server_sample=poller.latest)
+
+        driver = SessionDriver(
+            make_session, extra, save_path=o.get("save"), server_series=poller.samples
+        )
+        try:
+            driver.start()
+        except OSError as exc:
+            raise LlmtopError(f"cannot start the load process: {exc}") from None
+        app = create_app(info, driver, exit_after=o.get("exit_after"))
+        old_term = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *_: app.call_later(app.action_quit))
+        poller.start()
+        try:
+            app.run()
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            if not driver.done.is_set():  # the app ended without waiting: stop the load now
+                driver.send(Stop())
+                driver.done.wait(WORKER_GRACE_S)
+            poller.stop()
+        _epilogue(driver)
+    return 0
+
+
+def _epilogue(driver: Any) -> None:
+    """One line after the UI: what was measured, and where it was saved."""
+    session = driver.session
+    if session is None:
+        return
+    with contextlib.suppress(Exception):
+        c = session.collector.counts
+        line = f"llmtop: {c.completed:,} requests completed, {c.failed:,} failed"
+        if session.failure:
+            line += f"; the load failed: {session.failure.splitlines()[0]}"
+        click.echo(line, err=True)
+    if driver.saved:
+        click.echo(f"llmtop: snapshot saved to {driver.saved}", err=True)
