@@ -170,3 +170,52 @@ def test_fast_statistics_match_hdrhistogram_py() -> None:
         for p in (0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0):
             assert value_at_percentile_us(h, p) == h.get_value_at_percentile(p), (n, p)
         assert mean_us(h) == pytest.approx(h.get_mean_value(), rel=1e-12)
+
+
+def test_bulk_recording_matches_record_value() -> None:
+    """`record_many` puts every value where HdrHistogram_py's `record_value` would."""
+    import random
+
+    import numpy as np
+
+    from llmtop.metrics.collector import HIGHEST_US, new_histogram, record_many
+
+    rng = random.Random(3)
+    values = [
+        rng.choice([0, 1, 2, 2047, 2048, 4095, 4096, HIGHEST_US, HIGHEST_US * 4])
+        for _ in range(200)
+    ]
+    values += [int(rng.lognormvariate(8, 3)) for _ in range(5000)]
+    weights = [rng.randint(1, 4) for _ in values]
+    one, bulk = new_histogram(), new_histogram()
+    rejected = 0
+    for v, w in zip(values, weights, strict=True):
+        rejected += 0 if one.record_value(v, w) else w
+    got = record_many(bulk, np.array(values), np.array(weights))
+    assert got == rejected > 0
+    assert list(one.counts) == list(bulk.counts)
+    assert (one.total_count, one.min_value, one.max_value) == (
+        bulk.total_count,
+        bulk.min_value,
+        bulk.max_value,
+    )
+    assert bulk.encode() == one.encode()
+
+
+def test_dropped_histograms_are_freed_at_once() -> None:
+    """No histogram ↔ encoder cycle: memory comes back without waiting for a full GC."""
+    import gc
+    import weakref
+
+    from llmtop.metrics.collector import new_histogram
+
+    gc.disable()
+    try:
+        h = new_histogram()
+        h.record_value(5)
+        assert h.encode()  # the encoder still reaches its histogram
+        ref = weakref.ref(h)
+        del h
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from array import array
+import weakref
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -40,7 +41,7 @@ BUCKET_NS = 1_000_000_000
 
 
 def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES)
+    return _uncycle(HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES))
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class Step:
         if self.compact is None:
             return self.histograms.get(metric) or new_histogram()
         enc = self.compact.get(metric)
-        return HdrHistogram.decode(enc) if enc else new_histogram()
+        return decode_histogram(enc) if enc else new_histogram()
 
     def all_histograms(self) -> dict[str, HdrHistogram]:
         return {m: self.histogram(m) for m in METRICS}
@@ -244,6 +245,7 @@ class Collector:
         self.late_records = 0
         self._rec_step: Step | None = None
         self._window_cache: dict[str, HdrHistogram] = {}
+        self._pending: dict[tuple[int, str], list[Any]] = {}
         self._bucket: Interval | None = None
         self.cumulative = {m: new_histogram() for m in METRICS}
         self.current = {m: new_histogram() for m in METRICS}
@@ -262,15 +264,37 @@ class Collector:
         self.measure_from_ns = t_ns
 
     def add(self, recs: Iterable[RequestRecord]) -> None:
+        """Take a batch of records; histogram samples are recorded in bulk with numpy.
+
+        Recording one value at a time costs ~1 µs of Python each (twice: interval and step),
+        and the parent shares a core with the load process in benchmarks: its bursts of
+        work showed up as milliseconds of lateness in the child. In bulk it is ~20× cheaper.
+        """
+        self._pending: dict[tuple[int, str], list[Any]] = {}
         for rec in recs:
             self._add(rec)
+        for (step_key, metric), parts in self._pending.items():
+            step = self.steps[step_key] if step_key >= 0 else None
+            if metric == "itl":
+                values = np.concatenate([v for v, _ in parts])
+                weights = np.concatenate([w for _, w in parts])
+            else:
+                values = np.asarray(parts, dtype=np.int64)
+                weights = None
+            values = np.maximum(values, 0) // 1000
+            rejected = record_many(self.current[metric], values, weights)
+            if rejected:
+                self.out_of_range[metric] += rejected
+            if step is not None and step.compact is None:
+                record_many(step.histograms[metric], values, weights)
+        self._pending = {}
 
-    def _record(self, metric: str, value_ns: int, count: int = 1) -> None:
-        value_us = max(value_ns, 0) // 1000
-        if not self.current[metric].record_value(value_us, count):
-            self.out_of_range[metric] += count
-        elif self._rec_step is not None:
-            self._rec_step.histograms[metric].record_value(value_us, count)
+    def _record(self, metric: str, value_ns: int) -> None:
+        key = (self._rec_step.index if self._rec_step is not None else -1, metric)
+        bucket = self._pending.get(key)
+        if bucket is None:
+            bucket = self._pending[key] = []
+        bucket.append(value_ns)
 
     def _step_of(self, intended_ns: int) -> Step | None:
         """The step a request belongs to: the one running when it was scheduled to be sent."""
@@ -342,20 +366,17 @@ class Collector:
         self._record("e2el_from_intended", rec.last_ns - rec.intended_ns)
         if rec.output_tokens > 1:
             self._record("tpot", (rec.last_ns - rec.first_ns) // (rec.output_tokens - 1))
-        stamps = array("q")
-        stamps.frombytes(rec.chunk_ns)
-        if len(stamps) < 2:
+        if len(rec.chunk_ns) < 16:  # fewer than two token chunks: no gap
             return
-        tokens = array("i")
-        tokens.frombytes(rec.chunk_tokens)
-        prev = stamps[0]
-        for t, k in zip(stamps[1:], tokens[1:], strict=True):
-            gap = t - prev
-            prev = t
-            if k > 1:  # k tokens arrived together: k samples of gap/k, never one
-                self._record("itl", gap // k, k)
-            else:
-                self._record("itl", gap)
+        stamps = np.frombuffer(rec.chunk_ns, dtype=np.int64)
+        tokens = np.frombuffer(rec.chunk_tokens, dtype=np.int32)[1:].astype(np.int64)
+        gaps = np.diff(stamps)
+        # k tokens arrived together: k samples of gap/k, never one
+        key = (self._rec_step.index if self._rec_step is not None else -1, "itl")
+        bucket = self._pending.get(key)
+        if bucket is None:
+            bucket = self._pending[key] = []
+        bucket.append((gaps // np.maximum(tokens, 1), np.maximum(tokens, 1)))
 
     def _within_limits(self, rec: RequestRecord) -> bool:
         """Per-request SLO check for goodput (vLLM's --goodput semantics)."""
@@ -511,6 +532,53 @@ class Collector:
             out_of_range=dict(self.out_of_range),
         )
         return out
+
+
+def _uncycle(h: HdrHistogram) -> HdrHistogram:
+    """Break HdrHistogram_py's histogram ↔ encoder reference cycle.
+
+    With the cycle, a dropped histogram (and its ~190 kB of counters, which the garbage
+    collector does not count) waits for a rare full collection: the parent grew by ~70 MB a
+    minute. With a weak back-reference it is freed the moment it is dropped.
+    """
+    enc = h.encoder
+    if not isinstance(enc.histogram, weakref.ProxyType):
+        enc.histogram = weakref.proxy(h)
+    return h
+
+
+def decode_histogram(data: bytes | str) -> HdrHistogram:
+    return _uncycle(HdrHistogram.decode(data))
+
+
+def record_many(h: HdrHistogram, values: np.ndarray, weights: np.ndarray | None = None) -> int:
+    """`h.record_value` for many values at once (same buckets); returns how many were rejected.
+
+    Mirrors HdrHistogram_py's index arithmetic (`_counts_index_for`) vectorised; the test
+    suite checks it gives the same counts, total, min and max as recording one by one.
+    """
+    if values.size == 0:
+        return 0
+    v = values.astype(np.int64, copy=False)
+    w = np.ones_like(v) if weights is None else weights.astype(np.int64, copy=False)
+    um = h.unit_magnitude
+    half_mag = h.sub_bucket_half_count_magnitude
+    _, exp = np.frexp((v | h.sub_bucket_mask).astype(np.float64))  # bit_length, exactly
+    bucket = exp.astype(np.int64) - um - (half_mag + 1)
+    sub = v >> (bucket + um)
+    idx = ((bucket + 1) << half_mag) + (sub - h.sub_bucket_half_count)
+    ok = (v >= 0) & (idx >= 0) & (idx < h.counts_len)
+    rejected = int(w[~ok].sum())
+    if rejected:
+        v, w, idx = v[ok], w[ok], idx[ok]
+        if v.size == 0:
+            return rejected
+    counts = np.frombuffer(h.counts, dtype=np.int64, count=h.counts_len)
+    np.add.at(counts, idx, w)
+    h.total_count += int(w.sum())
+    h.min_value = min(h.min_value, int(v.min()))
+    h.max_value = max(h.max_value, int(v.max()))
+    return rejected
 
 
 def error_rate(c: Counts) -> float:
