@@ -12,7 +12,7 @@ from typing import Any
 from llmtop.config import RunConfig
 from llmtop.exports import step_index_of
 from llmtop.load import channel as ch
-from llmtop.load.process import LoadProcess
+from llmtop.load.process import LoadProcess, yield_to_load_process
 from llmtop.metrics.collector import METRICS, Collector, error_rate, step_summary
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
 from llmtop.slo import Slo, histogram_value_ms
@@ -31,8 +31,11 @@ class LoadSession:
         interval_s: float = 0.25,
         encode: bool = False,
         server_sample: Any = None,
+        yield_cpu: bool = True,
     ) -> None:
         self.config = config
+        self.yield_cpu = yield_cpu  # put this process below the load process (SCHED_IDLE)
+        self.priority_note = ""
         self.slo = slo or Slo()
         self.interval_s = interval_s
         self.encode = encode
@@ -54,6 +57,7 @@ class LoadSession:
         self.start_ns = time.perf_counter_ns()
         self._next_tick_ns = self.start_ns + round(self.interval_s * 1e9)
         self.process.start()
+        self.priority_note = yield_to_load_process() if self.yield_cpu else ""
         plan = self.config.plan
         offered = float(plan.concurrency) if plan.closed_loop else plan.request_rate
         self.collector.begin_step(self.start_ns, offered)

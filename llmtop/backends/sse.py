@@ -95,6 +95,10 @@ class StreamState:
             self.crlf = b"\r" in body
         if self.crlf:  # "\r\n" line ends are legal SSE; fold them so one scan serves both
             body = body.replace(b"\r\n", b"\n")
+        end = len(body) - 2
+        if end > 0 and body.find(b"\n\n") == end:  # one whole event: vLLM's usual chunk
+            self._event(body, 0, end, t_ns)
+            return
         start = 0
         while not self.done:
             end = body.find(b"\n\n", start)
@@ -106,6 +110,22 @@ class StreamState:
             start = end + 2
 
     def _event(self, body: bytes, s: int, e: int, t_ns: int) -> None:
+        if self.mode == MODE_USAGE and body[e - 1] == 125 and body.startswith(b"data: {", s):
+            # Fast path, nearly every chunk of a vLLM-style stream: tokens from usage's delta.
+            i = body.rfind(_COMPLETION, s, e)
+            if i >= 0 and body.find(b'"error"', s, e) < 0:
+                m = _INT.match(body, i + 20)
+                if m is not None:
+                    n = int(m.group(1))
+                    k = n - (self.usage_tokens if self.usage_tokens > 0 else 0)
+                    self.usage_tokens = n
+                    if k > 0:
+                        if not self.first_ns:
+                            self.first_ns = t_ns
+                        self.last_ns = t_ns
+                        self.chunk_ns.append(t_ns)
+                        self.chunk_tokens.append(k)
+                    return
         if not body.startswith(b"data:", s):
             d = body.find(b"\ndata:", s, e)
             if d < 0:
