@@ -137,7 +137,7 @@ def run_ui(o: dict[str, Any]) -> int:
             slo,
             rate_step=o["rate_step"],
             save_path=o.get("save"),
-            knee=False,
+            knee=True,
         )
 
         def make_session() -> LoadSession:

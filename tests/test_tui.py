@@ -234,3 +234,34 @@ def test_rate_arithmetic() -> None:
     for bad in ("0", "-1", "inf", "fast"):
         with pytest.raises(ValueError):
             parse_rate(bad)
+
+
+def test_a_runs_the_knee_search_and_the_arrows_take_over(fault_server: FaultServer) -> None:
+    """`a` starts the same state machine as `llmtop knee`; ↑ hands control back at once."""
+    from llmtop.tui.messages import KneeReported
+
+    app, driver, cm = live_app(fault_server, request_rate=4.0)
+    seen: list[Any] = []
+
+    def knee_lines() -> list[str]:
+        return [m.text for m in seen if isinstance(m, KneeReported)]
+
+    async def scenario() -> None:
+        async with app.run_test(message_hook=seen.append) as pilot:
+            await wait_for(pilot, lambda: app.telemetry is not None and app.telemetry.completed > 0)
+            await pilot.press("a")
+            await wait_for(pilot, lambda: any("started at 4" in t for t in knee_lines()))
+            # the machine moves the offered rate by itself: a ramp step doubles it
+            await wait_for(pilot, lambda: app.telemetry.offered_rate == 8.0, timeout=25)
+            assert any("-> good" in t for t in knee_lines())
+            await pilot.press("up")  # the operator takes over
+            await wait_for(pilot, lambda: any(isinstance(m, KneeReported) and m.done for m in seen))
+            await pilot.press("q")
+            await wait_for(pilot, lambda: driver.done.is_set(), timeout=20)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cm.__exit__(None, None, None)
+    assert driver._knee is None and driver._knee_result is not None
+    assert driver._knee_result["steps"], "the steps found so far are kept"

@@ -9,6 +9,7 @@ here, so no lock is needed and no widget ever touches the session or its deques.
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -155,12 +156,13 @@ class SessionDriver:
         if finished:
             self._post(CommandApplied("the load has stopped: nothing to change"))
             return
+        if isinstance(c, (cmd.SetRate, cmd.SetConcurrency)) and self._knee is not None:
+            runner = self._knee  # the operator takes over: keep what the search found so far
+            self._finish_knee(session, runner.search.stop(time.perf_counter_ns() / 1e9).result)
         if isinstance(c, cmd.SetRate):
-            self._knee = None  # the operator takes over
             session.set_rate(c.rate)
             self._post(CommandApplied(f"rate → {format_rate(c.rate)} req/s"))
         elif isinstance(c, cmd.SetConcurrency):
-            self._knee = None
             session.set_concurrency(c.concurrency)
             self._post(CommandApplied(f"concurrency → {c.concurrency}"))
         elif isinstance(c, cmd.Pause):
@@ -179,8 +181,7 @@ class SessionDriver:
         if self.server_series is not None:
             with contextlib.suppress(Exception):
                 session.server_series = self.server_series()
-        knee = getattr(self._knee, "result", None)
-        knee = knee() if callable(knee) else None
+        knee = getattr(self, "_knee_result", None)
         try:
             return str(save_snapshot(path, build_snapshot(session, self.extra, knee=knee)))
         except SnapshotError as exc:
@@ -204,14 +205,76 @@ class SessionDriver:
             out.append(point)
         self._post(StepsUpdated(tuple(out)))
 
-    # -- knee search (llmtop.knee, when it is there) -------------------------------------
+    # -- knee search: the same state machine as `llmtop knee`, one observation a frame ---
     def _start_knee(self, session: Any) -> None:
-        try:
-            from llmtop import knee  # noqa: F401
-        except ImportError:
-            self._post(KneeReported("knee search is not available in this build", done=True))
+        from llmtop.knee import KneePlan
+        from llmtop.knee_run import KneeRunner
+
+        if self._knee is not None:
+            self._post(KneeReported("knee search already running (↑/↓ takes over)"))
             return
-        self._post(KneeReported("knee search: not wired yet", done=True))
+        if session.finished:
+            self._post(KneeReported("the load has stopped: no knee search", done=True))
+            return
+        if not session.slo:
+            self._post(KneeReported("knee search needs an SLO: start with --slo", done=True))
+            return
+        closed = session.config.plan.closed_loop
+        st = session.status
+        current = st.offered_rate if st is not None else 1.0
+        if not math.isfinite(current) or current <= 0:
+            current = 1.0
+        start = max(1.0, float(int(current))) if closed else current
+        plan = KneePlan(
+            mode="concurrency" if closed else "rate",
+            start=start,
+            max_value=max(start * 64, 1024.0 if closed else 1000.0),
+        )
+        runner = KneeRunner(session, plan, log=None)
+        self._knee = runner
+        self._knee_reported = 0
+        self._knee_next = 0.0
+        self._knee_result = None
+        runner.apply(runner.search.start(time.perf_counter_ns() / 1e9))
+        unit = "concurrent" if closed else "req/s"
+        self._post(KneeReported(f"knee search started at {start:g} {unit} (↑/↓ takes over)"))
 
     def _knee_tick(self, session: Any, frame: Any) -> None:
-        """One step of the knee state machine per frame (wired when llmtop.knee lands)."""
+        """Feed the knee machine one observation (every ~0.25 s) and apply its decision."""
+        from llmtop.knee import Done
+        from llmtop.knee_run import _step_line, knee_document
+
+        runner = self._knee
+        now = time.monotonic()
+        if now < self._knee_next:
+            return
+        self._knee_next = now + 0.25
+        d = runner.search.observe(time.perf_counter_ns() / 1e9, runner.observation())
+        for step in runner.search.steps[self._knee_reported :]:
+            if step.verdict is None:
+                break
+            self._post(KneeReported(_step_line(step, runner.plan).removeprefix("knee: ")))
+            self._knee_reported += 1
+        if isinstance(d, Done):
+            self._finish_knee(session, d.result)
+        else:
+            runner.apply(d)
+        _ = knee_document  # imported here so a failure shows at the first tick, not the end
+
+    def _finish_knee(self, session: Any, result: Any) -> None:
+        from llmtop.knee_run import knee_document
+
+        runner = self._knee
+        self._knee = None
+        doc = knee_document(session, runner, result, session.slo, runner.plan, self.extra)
+        self._knee_result = {"knee": doc["knee"], "steps": doc["steps"]}
+        k = doc["knee"]
+        if k.get("rate") is not None or k.get("concurrency") is not None:
+            value = k.get("rate", k.get("concurrency"))
+            text = (
+                f"knee: {value:g} ({k.get('confidence', '?')} confidence), "
+                f"{k.get('output_throughput', 0):,.0f} output tok/s"
+            )
+        else:
+            text = f"knee search ended without a knee: {result.reason}"
+        self._post(KneeReported(text, done=True))
