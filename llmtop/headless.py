@@ -27,14 +27,14 @@ class HeadlessResult:
     notes: list[str] = field(default_factory=list)
 
 
-class _Interrupts:
+class Interrupts:
     """Counts SIGINT/SIGTERM instead of raising, so results are never lost mid-write."""
 
     def __init__(self) -> None:
         self.count = 0
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _Interrupts:
+    def __enter__(self) -> Interrupts:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -63,7 +63,7 @@ def run_headless(
     log = RequestLog(requests_path) if requests_path else None
     interrupted = False
     last_line = 0.0
-    with _Interrupts() as interrupts:
+    with Interrupts() as interrupts:
         session.start()
         if log is not None:
             log.start_ns = session.start_ns

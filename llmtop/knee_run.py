@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -167,27 +166,10 @@ def percentile_ci_ms(step: Step, slo: Slo, alpha: float) -> list[dict[str, Any]]
     return out
 
 
+from llmtop.headless import Interrupts as _Interrupts  # noqa: E402
+
+
 # -- the run ------------------------------------------------------------------------------
-class _Interrupts:
-    """Counts SIGINT/SIGTERM instead of raising, so the steps so far are never lost."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupts:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._on_signal)
-        return self
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 @dataclass
 class KneeRun:
     result: KneeResult
