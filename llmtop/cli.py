@@ -13,13 +13,13 @@ from llmtop import __version__
 from llmtop.cli_options import (
     build_config,
     load_options,
+    parse_slo,
     prepared_run,
     target_options,
     validate,
     workload_options,
 )
-from llmtop.errors import ConfigError, LlmtopError
-from llmtop.slo import Slo, SloError
+from llmtop.errors import LlmtopError
 from llmtop.ui_cli import DefaultCommandGroup, ui_command
 
 
@@ -93,13 +93,6 @@ def run(**o: Any) -> None:
     if s["completed"] == 0 and s["failed"] > 0:
         kinds = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
         raise LlmtopError(f"every request failed ({kinds})")
-
-
-def parse_slo(text: str | None) -> Slo:
-    try:
-        return Slo.parse(text)
-    except SloError as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _register_optional() -> None:

@@ -17,6 +17,7 @@ import click
 from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, Workload
 from llmtop.errors import ConfigError, LlmtopError
 from llmtop.profiles import LENGTH_ALLOWED, Profile, load_profile, parse_length
+from llmtop.slo import Slo, SloError
 
 _INF_WORDS = ("inf", "infinity", "max")
 F = Callable[..., Any]
@@ -253,6 +254,14 @@ load_options = _apply(
 def _positive(name: str, value: float | None) -> None:
     if value is not None and not value > 0:
         raise ConfigError(f"--{name} must be > 0, got {value:g}")
+
+
+def parse_slo(text: str | None) -> Slo:
+    """`--slo` as an `Slo`; a bad limit is a one-line ConfigError naming what is allowed."""
+    try:
+        return Slo.parse(text)
+    except SloError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

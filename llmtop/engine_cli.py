@@ -96,7 +96,7 @@ def launch_command(**o: Any) -> None:
       llmtop launch vllm --sweep max-num-seqs=1,8 --concurrency 8 --num-requests 64 \\
           -- facebook/opt-125m --max-model-len 2048
     """
-    from llmtop.cli import parse_slo
+    from llmtop.cli_options import parse_slo
     from llmtop.engines.sweep import run_sweep, sweep_points
 
     engine_args = list(o.pop("engine_args"))

@@ -11,6 +11,7 @@ import click
 from llmtop.cli_options import (
     RateType,
     build_config,
+    parse_slo,
     prepared_run,
     target_options,
     validate,
@@ -18,7 +19,6 @@ from llmtop.cli_options import (
 )
 from llmtop.errors import ConfigError, LlmtopError
 from llmtop.knee import KneePlan
-from llmtop.slo import Slo, SloError
 
 
 def _percent(value: str) -> float:
@@ -100,10 +100,7 @@ def knee_command(**o: Any) -> None:
     """Ramp the load until the SLO breaks, then bisect to the knee (headless)."""
     from llmtop.knee_run import run_knee
 
-    try:
-        slo = Slo.parse(o["slo"])
-    except SloError as exc:
-        raise ConfigError(str(exc)) from None
+    slo = parse_slo(o["slo"])
     if not slo:
         raise ConfigError("--slo is empty: give at least one limit, e.g. 'ttft_p99<=1s'")
     resolution = _percent(o["resolution"])

@@ -20,6 +20,7 @@ from hdrh.histogram import HdrHistogram
 from llmtop import __version__
 from llmtop.config import RunConfig
 from llmtop.errors import LlmtopError
+from llmtop.headless import Interrupts
 from llmtop.knee import (
     Done,
     Drain,
@@ -166,9 +167,6 @@ def percentile_ci_ms(step: Step, slo: Slo, alpha: float) -> list[dict[str, Any]]
     return out
 
 
-from llmtop.headless import Interrupts as _Interrupts  # noqa: E402
-
-
 # -- the run ------------------------------------------------------------------------------
 @dataclass
 class KneeRun:
@@ -280,7 +278,7 @@ def run_knee(
     runner = KneeRunner(session, plan, log)
     interrupted = False
     result: KneeResult | None = None
-    with _Interrupts() as interrupts:
+    with Interrupts() as interrupts:
         session.start()
         try:
             runner.apply(runner.search.start(runner._now_s()))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -276,7 +275,3 @@ async def _triton(session: aiohttp.ClientSession, base: str, config: RunConfig) 
 
 def preflight(config: RunConfig) -> Preflight:
     return asyncio.run(run_preflight(config))
-
-
-def describe_dialect(d: Dialect) -> str:
-    return json.dumps(dataclasses.asdict(d))

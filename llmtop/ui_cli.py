@@ -19,13 +19,13 @@ import click
 from llmtop.cli_options import (
     build_config,
     load_options,
+    parse_slo,
     prepared_run,
     target_options,
     validate,
     workload_options,
 )
 from llmtop.errors import ConfigError, LlmtopError
-from llmtop.slo import Slo, SloError
 
 UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
 UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
@@ -97,13 +97,6 @@ def ui_command(ctx: click.Context, target_url: str | None, **o: Any) -> None:
     sys.exit(run_ui(o))
 
 
-def _parse_slo(text: str | None) -> Slo:
-    try:
-        return Slo.parse(text)
-    except SloError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def run_ui(o: dict[str, Any]) -> int:
     """Validate, start the simulator or preflight the server, then run the app to the end."""
     from llmtop.engines.detect import detect_engine
@@ -121,7 +114,7 @@ def run_ui(o: dict[str, Any]) -> int:
         raise ConfigError("the UI steers a finite rate: give --request-rate N (req/s)")
     if o.get("exit_after") is not None and not o["exit_after"] > 0:
         raise ConfigError("--exit-after must be > 0")
-    slo = _parse_slo(o.get("slo"))
+    slo = parse_slo(o.get("slo"))
     config = build_config(o)
     with prepared_run(config, o) as prep:
         target = prep.config.target

@@ -62,7 +62,7 @@ class LoadDriver:
         self.phase = "warmup"
         self.stopping = False
         self.stop_reason = ""
-        self.gc_pause_max_ms = 0.0
+        self._paused = False
         self.finished: asyncio.Future[str] = loop.create_future()
         self.t0_ns = 0
         self.measure_from_ns = 0
@@ -154,8 +154,6 @@ class LoadDriver:
                 self._on_due()
         elif isinstance(msg, ch.StopRequested):
             self.request_stop("stopped", msg.cancel_in_flight)
-
-    _paused = False
 
     # -- sending ------------------------------------------------------------------------
     def _on_due(self) -> None:
@@ -260,9 +258,7 @@ class LoadDriver:
         Automatic collection is off in the load process; only what was made since start-up
         (in-flight requests, connections) is scanned here, a fraction of a millisecond.
         """
-        t0 = time.perf_counter_ns()
         gc.collect()
-        self.gc_pause_max_ms = max(self.gc_pause_max_ms, (time.perf_counter_ns() - t0) / 1e6)
 
     def _sweep(self) -> None:
         """Time out requests that took too long in all, or went quiet too long."""
