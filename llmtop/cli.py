@@ -77,7 +77,7 @@ def run(**o: Any) -> None:
                 progress,
                 slo,
                 server_sample=poller.latest,
-                server_samples=poller.samples,
+                server_samples=poller.finish,
                 save_path=o["save_path"],
                 requests_path=o["requests_path"],
             )

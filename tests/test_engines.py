@@ -390,6 +390,34 @@ def test_the_load_goes_on_when_server_metrics_fail():
     assert all(f.server is None for f in frames)
 
 
+def test_finish_scrapes_once_more_so_the_series_covers_the_whole_load():
+    """A 1 Hz series can end before the last request; finish() reads the counters after it."""
+    from llmtop.config import LoadPlan, RunConfig, Target, Workload
+    from llmtop.session import LoadSession
+    from llmtop.sim.launcher import start_sim
+
+    with start_sim(engine="vllm", model="llama-3.2-1b") as sim:
+        config = RunConfig(
+            Target(sim.url, model="llama-3.2-1b"),
+            Workload(input_len=32, output_len=8),
+            LoadPlan(request_rate=50.0, num_requests=20),
+        )
+        info = detect_engine(sim.url)
+        poller = MetricsPoller.for_engine(info, interval_s=3600).start()  # one scrape, at once
+        session = LoadSession(config, server_sample=poller.latest)
+        session.start()
+        deadline = time.monotonic() + 60
+        while not session.finished and time.monotonic() < deadline:
+            session.pump(0.05)
+        session.close()
+        series = poller.finish()
+    assert session.collector.counts.completed == 20
+    assert len(series) == 2, series
+    first, last = series
+    generated = last["generation_tps"] * (last["t_ns"] - first["t_ns"]) / 1e9
+    assert generated == pytest.approx(20 * 8), (first, last)  # the server's count = ours
+
+
 def test_engine_info_public_is_json():
     info = EngineInfo(SIM, "0.1.0", "http://x/metrics", PROMETHEUS, {"flavour": "vllm"})
     assert json.loads(json.dumps(info.public()))["label"] == "llmtop-sim 0.1.0 (vllm flavour)"

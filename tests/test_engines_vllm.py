@@ -3,8 +3,8 @@
 `llmtop launch vllm --sweep max-num-seqs=1,8` starts the real server twice (~25 s each),
 loads each with 8 concurrent streams (48 requests of 96 tokens) and writes one snapshot per
 configuration. From those:
-detection says vLLM and its version; the server's own series show running and waiting
-requests rising with the load; the larger batch holds more throughput. The vLLM venv comes
+detection says vLLM and its version; the server's own token counters, read before and after
+the load, match the client's counts; the larger batch holds more throughput. The vLLM venv comes
 from `.ci/install_vllm.sh` (skip without it, fail under CI=true / LLMTOP_REQUIRE_VLLM=1).
 """
 
@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -81,24 +82,24 @@ def test_launch_sweep_against_real_vllm(tmp_path):
     one = load_snapshot(out / "vllm-max-num-seqs=1.json")
     eight = load_snapshot(out / "vllm-max-num-seqs=8.json")
 
-    for snap in (one, eight):
+    for snap, batch in ((one, 1), (eight, 8)):
         # Detection: vLLM, and the version it reports at /version.
         assert snap["engine"]["name"] == "vllm", snap["engine"]
         assert snap["engine"]["version"] == VLLM_VERSION, snap["engine"]
         assert snap["summary"]["completed"] == 48 and snap["summary"]["failed"] == 0
         series = snap["server_series"]
-        assert len(series) >= 3, series
-        # Idle before the load, busy during it: the server's own running count rises.
+        # A scrape before the load, ~1 Hz during it, one after it (MetricsPoller.finish).
+        assert len(series) >= 2, series
         assert series[0]["running"] == 0 and series[0]["waiting"] == 0, series[0]
-        assert any(p["generation_tps"] for p in series), "token rate from counter deltas"
-
-    run1 = [p["running"] for p in one["server_series"]]
-    wait1 = [p["waiting"] for p in one["server_series"]]
-    run8 = [p["running"] for p in eight["server_series"]]
-    # On a small shared machine the 1 Hz scrapes are few and late, so the bounds are loose:
-    assert max(run1) == 1, run1  # a batch of one...
-    assert max(wait1) >= 1, wait1  # ...while the rest of the 8 streams wait on the server
-    assert max(run8) >= 2, run8  # the bigger batch runs them together
+        # The server's own token counters, summed over the series, match what we counted:
+        # rates are counter deltas over scrape intervals, so the sum telescopes to the total.
+        for key, total in (("generation_tps", 48 * 96), ("prompt_tps", 48 * 32)):
+            counted = sum(p[key] * (p["t_ns"] - q["t_ns"]) / 1e9 for q, p in pairwise(series))
+            assert counted == pytest.approx(total), (key, series)
+        # Never more running than the batch allows. (Whether a 1 Hz scrape lands on a busy
+        # moment is luck here: vLLM's running/waiting gauges were seen at 0 mid-load on this
+        # 2-core machine, with a plain urllib probe too, so "rises" is not asserted.)
+        assert max(p["running"] for p in series) <= batch, series
 
     # The larger batch holds more throughput (tokens/s measured by the client).
     tps1 = one["summary"]["output_throughput"]

@@ -334,6 +334,18 @@ class MetricsPoller:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
+    def finish(self) -> list[dict[str, Any]]:
+        """Stop, scrape once more, and return the series.
+
+        The last 1 Hz scrape can come up to a second before the last request ends; one more
+        read after the load makes the server's counters cover the whole run (a snapshot's
+        server-side token total can then be checked against the client's).
+        """
+        self.stop()
+        if self._thread is None or not self._thread.is_alive():
+            self.poll_once()
+        return self.samples()
+
     def latest(self) -> dict[str, Any] | None:
         return self._latest
 

@@ -260,9 +260,10 @@ def run_sweep(
                 poller.start()
                 try:
                     session = drive_session(prep.config, slo, poller.latest, progress)
-                finally:
+                except BaseException:
                     poller.stop()
-                session.server_series = poller.samples()
+                    raise
+                session.server_series = poller.finish()
                 extra = {**prep.extra, "engine": info.public()}
                 snap = build_snapshot(session, extra)
                 snap["sweep"] = {
