@@ -191,4 +191,8 @@ class LoadSession:
             }
         out["load_cpu_s"] = self.status.load_cpu_s if self.status else 0.0
         out["precise_pacer"] = self.status.precise_pacer if self.status else False
+        out["receive_stamps"] = {
+            "kernel": self.status.kernel_stamps if self.status else 0,
+            "user": self.status.user_stamps if self.status else 0,
+        }
         return out

@@ -37,6 +37,8 @@ class StatusReported:
     load_cpu_s: float
     precise_pacer: bool
     connections: int
+    kernel_stamps: int = 0  # reads stamped by the kernel (SO_TIMESTAMPNS)
+    user_stamps: int = 0  # reads stamped by the loop (TLS, not Linux, or a failed check)
 
 
 @dataclass(frozen=True)

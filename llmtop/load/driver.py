@@ -80,6 +80,7 @@ class LoadDriver:
         if plan.warmup_s <= 0:
             self._enter_measuring()
         self._every(SHIP_INTERVAL_S, self._ship)
+        self._every(SHIP_INTERVAL_S, self.pool.rx_clock.refresh)
         self._every(SWEEP_INTERVAL_S, self._sweep)
         self._every(GC_INTERVAL_S, self._collect)
         if self.closed_loop:
@@ -249,6 +250,8 @@ class LoadDriver:
                 load_cpu_s=time.process_time(),
                 precise_pacer=self.pacer.precise,
                 connections=len(self.pool.open),
+                kernel_stamps=self.pool.rx_clock.kernel,
+                user_stamps=self.pool.rx_clock.user,
             )
         )
 
