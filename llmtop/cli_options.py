@@ -82,7 +82,7 @@ profile_option = click.option(
     expose_value=True,
     callback=_load_profile_callback,
     help="TOML profile (workload, load plan, SLO, engine); flags given here override it. "
-    "A bare NAME picks a shipped profile (profiles/NAME.toml).",
+    "A bare NAME picks a shipped profile (llmtop/shipped_profiles/NAME.toml).",
 )
 
 

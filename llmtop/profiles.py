@@ -18,7 +18,7 @@ from typing import Any
 from llmtop.config import LengthDist
 from llmtop.errors import ConfigError
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped_profiles"  # in the wheel too
 
 Check = tuple[Callable[[Any], Any], str]  # converter (raises ValueError) and what is allowed
 

@@ -108,6 +108,12 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     lines.append("(* from the intended send time: includes any client-side delay)")
     if summary.get("notes"):
         lines.extend(f"note: {n}" for n in summary["notes"])
+    stamps = summary.get("receive_stamps") or {}
+    if stamps.get("user") and not stamps.get("kernel"):
+        lines.append(
+            "note: token times are the event loop's stamps (TLS, or LLMTOP_RX_STAMPS=user), not "
+            "the kernel's: under heavy load they run late by the loop's backlog"
+        )
     out.write("\n".join(lines) + "\n")
 
 

@@ -74,6 +74,8 @@ class LoadSession:
                     self.record_sink(r, step_index_of(self.collector.steps, r.intended_ns))
         elif isinstance(msg, ch.StatusReported):
             self.status = msg
+        elif isinstance(msg, ch.LoadStarted):
+            self.collector.load_started(msg.t_ns)
         elif isinstance(msg, ch.MeasurementStarted):
             self.collector.measurement_started(msg.t_ns)
         elif isinstance(msg, ch.LoadStopped):

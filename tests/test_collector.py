@@ -219,3 +219,17 @@ def test_dropped_histograms_are_freed_at_once() -> None:
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_step_zero_starts_when_the_load_loop_does() -> None:
+    """Spawning the load process is not time spent at the first load; later steps keep theirs."""
+    c = Collector()
+    c.begin_step(0, 1.0)
+    c.load_started(300 * MS)
+    assert c.steps[0].start_ns == 300 * MS
+    assert c.steps[0].duration_s(1300 * MS) == pytest.approx(1.0)
+    c2 = Collector()
+    c2.begin_step(0, 1.0)
+    c2.begin_step(100 * MS, 2.0)  # the user changed the rate before the load loop started
+    c2.load_started(300 * MS)
+    assert [s.start_ns for s in c2.steps] == [0, 100 * MS]

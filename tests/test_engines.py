@@ -412,6 +412,7 @@ def test_finish_scrapes_once_more_so_the_series_covers_the_whole_load():
         session.close()
         series = poller.finish()
     assert session.collector.counts.completed == 20
+    assert session.collector.steps[0].start_ns > session.start_ns  # the load loop's start
     assert len(series) == 2, series
     first, last = series
     generated = last["generation_tps"] * (last["t_ns"] - first["t_ns"]) / 1e9

@@ -21,6 +21,7 @@ import pytest
 
 from llmtop.backends.http import SCM_TIMESTAMPNS, ConnectionPool, Exchange, ReceiveClock
 from llmtop.metrics import records
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux stamps")
 
@@ -132,3 +133,21 @@ def test_a_stamp_from_across_a_clock_step_is_not_trusted():
         assert before <= t <= time.perf_counter_ns()  # the read's own time instead
     assert clock.stamp([]) > 0  # no stamp at all: the read's time too
     assert (clock.kernel, clock.user) == (0, 3)
+
+
+@pytest.mark.parametrize("mode", ["kernel", "user"])
+def test_run_says_how_its_tokens_were_timed(mode: str, fault_server, tmp_path) -> None:
+    """`llmtop run` over plain HTTP: the summary counts kernel-stamped reads; forced to the
+    loop's stamps, the report says so."""
+    r = run_cli(
+        "run", "--url", fault_server.url, "--num-requests", "10", "--request-rate", "50",
+        "--input-len", "16", "--output-len", "8",
+        json_path=tmp_path / "out.json", env={"LLMTOP_RX_STAMPS": mode},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    stamps = r.data["receive_stamps"]
+    note = "event loop's stamps" in r.stdout
+    if mode == "kernel":
+        assert stamps["kernel"] >= 10 * 8 and stamps["user"] == 0 and not note, stamps
+    else:
+        assert stamps["kernel"] == 0 and stamps["user"] >= 10 * 8 and note, stamps

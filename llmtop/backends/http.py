@@ -104,6 +104,7 @@ class StreamConnection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
+        self.pool.rx_clock.user += 1  # an asyncio transport: the loop's stamp (TLS, or forced)
         self.received(data, time.perf_counter_ns())
 
     def received(self, data: bytes, t_ns: int) -> None:
@@ -222,7 +223,7 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TIMESPEC = struct.Struct("@qq")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
-READ_SIZE = 64 * 1024  # one buffer, reused: a fresh 256 KB bytes per read is an mmap
+READ_SIZE = 64 * 1024  # one buffer per pool, reused: a fresh 256 KB bytes per read is an mmap
 MAX_STAMP_AGE_NS = 60 * 1_000_000_000  # older than this: a clock step, not a slow read
 STAMP_SLACK_NS = 1_000_000  # later than the read itself: a clock step too
 
@@ -295,6 +296,7 @@ class RawLink:
         sock: socket.socket,
         proto: StreamConnection,
         clock: ReceiveClock,
+        buf: bytearray,
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -303,8 +305,8 @@ class RawLink:
         self.clock = clock
         self.pending = b""
         self.closed = False
-        self.buf = [bytearray(READ_SIZE)]
-        self.view = memoryview(self.buf[0])
+        self.buf = [buf]  # shared by the pool's links: each read is copied out at once
+        self.view = memoryview(buf)
         proto.connection_made(self)  # type: ignore[arg-type]
         loop.add_reader(self.fd, self._readable)
 
@@ -393,6 +395,7 @@ class ConnectionPool:
         self.kernel_stamps = kernel_stamps_wanted(use_ssl)
         self.rx_clock = ReceiveClock()
         self._addrs: list[Any] | None = None
+        self._rx_buf = bytearray(READ_SIZE) if self.kernel_stamps else bytearray()
 
     def finish(self, ex: Exchange, rec: records.RequestRecord) -> None:
         self._finish(ex, rec)
@@ -463,7 +466,7 @@ class ConnectionPool:
                 sock.close()
                 raise
             conn = StreamConnection(self)
-            RawLink(self.loop, sock, conn, self.rx_clock)
+            RawLink(self.loop, sock, conn, self.rx_clock, self._rx_buf)
             return conn
         raise error
 

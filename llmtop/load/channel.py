@@ -42,6 +42,13 @@ class StatusReported:
 
 
 @dataclass(frozen=True)
+class LoadStarted:
+    """The load loop's first moment: step 0 starts here, not when the parent spawned it."""
+
+    t_ns: int
+
+
+@dataclass(frozen=True)
 class MeasurementStarted:
     t_ns: int
 

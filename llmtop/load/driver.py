@@ -74,6 +74,7 @@ class LoadDriver:
         plan = self.cfg.plan
         now = time.perf_counter_ns()
         self.t0_ns = now
+        self.ship(ch.LoadStarted(now))
         self.measure_from_ns = now + round(plan.warmup_s * NS_PER_S)
         if plan.duration_s is not None:
             self.stop_at_ns = self.measure_from_ns + round(plan.duration_s * NS_PER_S)

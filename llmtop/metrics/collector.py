@@ -311,6 +311,12 @@ class Collector:
         self.last_end_ns: int | None = None
 
     # -- input --------------------------------------------------------------------------
+    def load_started(self, t_ns: int) -> None:
+        """Move step 0's start to the load loop's start (spawning it takes ~0.3 s, which
+        would count as time at the first load); not once a later step has begun."""
+        if len(self.steps) == 1 and self.steps[0].end_ns is None:
+            self.steps[0].start_ns = max(self.steps[0].start_ns, t_ns)
+
     def measurement_started(self, t_ns: int) -> None:
         self.measure_from_ns = t_ns
 
