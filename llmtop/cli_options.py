@@ -460,7 +460,7 @@ class PreparedRun:
         from llmtop.engines.metrics import MetricsPoller
 
         def warn(message: str) -> None:
-            click.echo(f"llmtop: warning: {message}; going on without server metrics", err=True)
+            click.echo(f"llmtop: warning: {message}", err=True)
 
         return MetricsPoller.for_engine(self.engine, self.auth_headers(), on_problem=warn).start()
 

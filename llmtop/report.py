@@ -111,8 +111,8 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     stamps = summary.get("receive_stamps") or {}
     if stamps.get("user") and not stamps.get("kernel"):
         lines.append(
-            "note: token times are the event loop's stamps (TLS, or LLMTOP_RX_STAMPS=user), not "
-            "the kernel's: under heavy load they run late by the loop's backlog"
+            "note: token times are the event loop's stamps (not Linux, or "
+            "LLMTOP_RX_STAMPS=user), not the kernel's: under heavy load they run late"
         )
     out.write("\n".join(lines) + "\n")
 

@@ -104,7 +104,7 @@ class StreamConnection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
-        self.pool.rx_clock.user += 1  # an asyncio transport: the loop's stamp (TLS, or forced)
+        self.pool.rx_clock.user += 1  # an asyncio transport: the loop's stamp
         self.received(data, time.perf_counter_ns())
 
     def received(self, data: bytes, t_ns: int) -> None:
@@ -228,14 +228,62 @@ MAX_STAMP_AGE_NS = 60 * 1_000_000_000  # older than this: a clock step, not a sl
 STAMP_SLACK_NS = 1_000_000  # later than the read itself: a clock step too
 
 
-def kernel_stamps_wanted(use_ssl: bool) -> bool:
-    """Plain TCP on Linux, unless LLMTOP_RX_STAMPS=user asks for the loop's stamps."""
+def kernel_stamps_wanted() -> bool:
+    """On Linux, unless LLMTOP_RX_STAMPS=user asks for the loop's stamps (asyncio transports)."""
     return (
-        not use_ssl
-        and sys.platform.startswith("linux")
+        sys.platform.startswith("linux")
         and _CMSG_SPACE > 0
         and os.environ.get("LLMTOP_RX_STAMPS", "kernel") != "user"
     )
+
+
+class Tls:
+    """TLS over a RawLink: an SSLObject between two memory BIOs (ssl's sans-I/O form), so
+    the socket stays ours and every read keeps its kernel stamp."""
+
+    __slots__ = ("incoming", "obj", "outgoing")
+
+    def __init__(self, ctx: ssl.SSLContext, host: str) -> None:
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=host)
+
+    async def handshake(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        """Before the link exists; a failure (a bad certificate) is the connect's failure."""
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if self.outgoing.pending:
+                    await loop.sock_sendall(sock, self.outgoing.read())
+                data = await loop.sock_recv(sock, READ_SIZE)
+                if not data:
+                    raise ConnectionResetError(
+                        "the server closed the connection during TLS"
+                    ) from None
+                self.incoming.write(data)
+        if self.outgoing.pending:
+            await loop.sock_sendall(sock, self.outgoing.read())
+
+    def decrypt(self, data: memoryview) -> tuple[bytes, bool]:
+        """The application bytes in what arrived, and whether the server closed TLS."""
+        self.incoming.write(data)
+        parts = []
+        while True:
+            try:
+                chunk = self.obj.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                return b"".join(parts), False
+            except ssl.SSLZeroReturnError:
+                return b"".join(parts), True
+            if not chunk:
+                return b"".join(parts), True
+            parts.append(chunk)
+
+    def encrypt(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self.outgoing.read()
 
 
 class ReceiveClock:
@@ -279,7 +327,8 @@ class ReceiveClock:
 
 
 class RawLink:
-    """Plain TCP for one StreamConnection, read with recvmsg to get the kernel's stamp.
+    """One StreamConnection's socket (TCP, TLS on top when asked), read with recvmsg to get
+    the kernel's stamp.
 
     Why: a stamp taken in user space is taken when the loop gets round to the socket. With
     hundreds of streams, tokens that arrive together are stamped one after another, each late
@@ -288,7 +337,7 @@ class RawLink:
     methods StreamConnection uses (write, abort) and calls its protocol methods.
     """
 
-    __slots__ = ("buf", "clock", "closed", "fd", "loop", "pending", "proto", "sock", "view")
+    __slots__ = ("buf", "clock", "closed", "fd", "loop", "pending", "proto", "sock", "tls", "view")
 
     def __init__(
         self,
@@ -297,8 +346,10 @@ class RawLink:
         proto: StreamConnection,
         clock: ReceiveClock,
         buf: bytearray,
+        tls: Tls | None = None,
     ) -> None:
         self.loop = loop
+        self.tls = tls
         self.sock = sock
         self.fd = sock.fileno()
         self.proto = proto
@@ -324,9 +375,34 @@ class RawLink:
         if not n:  # the server closed its side
             self._lost(None)
             return
-        self.proto.received(self.view[:n].tobytes(), self.clock.stamp(ancillary))
+        t_ns = self.clock.stamp(ancillary)
+        if self.tls is None:
+            self.proto.received(self.view[:n].tobytes(), t_ns)
+            return
+        try:
+            data, closed = self.tls.decrypt(self.view[:n])
+        except ssl.SSLError as exc:
+            self._lost(exc)
+            return
+        if data:
+            self.proto.received(data, t_ns)
+        if self.tls.outgoing.pending:  # TLS's own answers (a key update)
+            self._send(self.tls.outgoing.read())
+        if closed:
+            self._lost(None)
 
     def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.tls is not None:
+            try:
+                data = self.tls.encrypt(data)
+            except ssl.SSLError as exc:
+                self._lost(exc)
+                return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
         if self.closed:
             return
         if self.pending:
@@ -392,7 +468,7 @@ class ConnectionPool:
         self.connecting = 0
         self._finish = finish
         self._tasks: set[asyncio.Task[None]] = set()
-        self.kernel_stamps = kernel_stamps_wanted(use_ssl)
+        self.kernel_stamps = kernel_stamps_wanted()
         self.rx_clock = ReceiveClock()
         self._addrs: list[Any] | None = None
         self._rx_buf = bytearray(READ_SIZE) if self.kernel_stamps else bytearray()
@@ -458,6 +534,9 @@ class ConnectionPool:
                 sock.setblocking(False)
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 await self.loop.sock_connect(sock, addr)
+                tls = Tls(self.ssl, self.host) if self.ssl is not None else None
+                if tls is not None:
+                    await tls.handshake(self.loop, sock)
             except OSError as exc:
                 sock.close()
                 error = exc
@@ -466,7 +545,7 @@ class ConnectionPool:
                 sock.close()
                 raise
             conn = StreamConnection(self)
-            RawLink(self.loop, sock, conn, self.rx_clock, self._rx_buf)
+            RawLink(self.loop, sock, conn, self.rx_clock, self._rx_buf, tls)
             return conn
         raise error
 
