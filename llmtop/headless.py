@@ -10,9 +10,8 @@ from typing import Any
 
 from llmtop import __version__
 from llmtop.config import RunConfig
-from llmtop.errors import LlmtopError
 from llmtop.exports import RequestLog
-from llmtop.report import print_summary, progress_line, write_json_atomic
+from llmtop.report import ProgressLine, print_summary, write_json_output
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
 
@@ -62,7 +61,7 @@ def run_headless(
     session = LoadSession(config, slo, server_sample=server_sample)
     log = RequestLog(requests_path) if requests_path else None
     interrupted = False
-    last_line = 0.0
+    line = ProgressLine(progress)
     with Interrupts() as interrupts:
         session.start()
         if log is not None:
@@ -80,18 +79,12 @@ def run_headless(
                     interrupts.count > 1 or time.monotonic() - stop_sent_at > STOP_GRACE_S
                 ):
                     break  # asked twice, or the child does not answer: keep what we have
-                if frame is not None and progress and time.monotonic() - last_line >= 1.0:
-                    last_line = time.monotonic()
-                    sys.stderr.write("\r\x1b[2K" + progress_line(frame))
-                    sys.stderr.flush()
-            for _ in range(3):  # whatever was shipped with the stop message
-                session.pump(0.02)
+                line.show(frame)
+            session.drain_shipped()
         finally:
             session.close()
             session.tick(time.perf_counter_ns())
-            if progress:
-                sys.stderr.write("\r\x1b[2K")
-                sys.stderr.flush()
+            line.clear()
     if log is not None:
         log.close()
     if server_samples is not None:
@@ -104,10 +97,7 @@ def run_headless(
         summary["stop_reason"] = session.stopped.reason
     result = HeadlessResult(summary, interrupted, session.failure)
     if json_path:
-        try:
-            write_json_atomic(json_path, summary)
-        except OSError as exc:
-            raise LlmtopError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+        write_json_output(json_path, summary)
     if save_path:
         from llmtop.snapshot import build_snapshot, save_snapshot
 

@@ -19,7 +19,6 @@ from hdrh.histogram import HdrHistogram
 
 from llmtop import __version__
 from llmtop.config import RunConfig
-from llmtop.errors import LlmtopError
 from llmtop.headless import Interrupts
 from llmtop.knee import (
     Done,
@@ -35,7 +34,7 @@ from llmtop.knee import (
     steps_table,
 )
 from llmtop.metrics.collector import Step, error_rate, step_summary
-from llmtop.report import write_json_atomic
+from llmtop.report import write_json_output
 from llmtop.session import LoadSession
 from llmtop.slo import RATE_METRICS, Slo, histogram_value_ms
 
@@ -307,8 +306,7 @@ def run_knee(
             deadline = time.monotonic() + STOP_GRACE_S
             while not session.finished and time.monotonic() < deadline and interrupts.count < 2:
                 session.pump(0.05)
-            for _ in range(3):
-                session.pump(0.02)
+            session.drain_shipped()
         finally:
             session.close()
             session.tick(time.perf_counter_ns())
@@ -316,10 +314,7 @@ def run_knee(
     data = knee_document(session, runner, result, slo, plan, extra)
     data["interrupted"] = interrupted
     if json_path:
-        try:
-            write_json_atomic(json_path, data)
-        except OSError as exc:
-            raise LlmtopError(f"cannot write --json {json_path}: {exc.strerror or exc}") from None
+        write_json_output(json_path, data)
     if save_path:
         from llmtop.snapshot import build_snapshot, save_snapshot
 

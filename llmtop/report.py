@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmtop.errors import LlmtopError
 from llmtop.metrics.telemetry import Telemetry
 
 TABLE_METRICS = (
@@ -46,6 +49,26 @@ def progress_line(t: Telemetry) -> str:
     if t.queued:
         parts.insert(4, f"queued {t.queued}")
     return "  ".join(parts)
+
+
+class ProgressLine:
+    """The live line on stderr: redrawn at most once a second, erased at the end."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._last = 0.0
+
+    def show(self, frame: Telemetry | None) -> None:
+        if frame is None or not self.enabled or time.monotonic() - self._last < 1.0:
+            return
+        self._last = time.monotonic()
+        sys.stderr.write("\r\x1b[2K" + progress_line(frame))
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
 
 
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
@@ -145,3 +168,11 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_output(path: str | Path, data: Any) -> None:
+    """`--json PATH`, atomically; a failure is the run's one-line error."""
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        raise LlmtopError(f"cannot write --json {path}: {exc.strerror or exc}") from None

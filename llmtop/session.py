@@ -176,6 +176,11 @@ class LoadSession:
         while not self.finished and time.monotonic() < deadline:
             self.pump(0.05)
 
+    def drain_shipped(self) -> None:
+        """Read whatever the load process shipped along with its stop message."""
+        for _ in range(3):
+            self.pump(0.02)
+
     def close(self) -> None:
         self.process.join(5.0)
 

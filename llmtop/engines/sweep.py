@@ -154,21 +154,16 @@ def drive_session(
     config: RunConfig, slo: Slo | None, server_sample: Callable[[], Any] | None, progress: bool
 ) -> Any:
     """Run the load to its end with the server's metrics beside it; the closed LoadSession."""
-    from llmtop.report import progress_line
+    from llmtop.report import ProgressLine
     from llmtop.session import LoadSession
 
     session = LoadSession(config, slo, server_sample=server_sample)
     session.start()
-    last = 0.0
+    line = ProgressLine(progress)
     try:
         while not session.finished:
-            frame = session.pump(0.05)
-            if frame is not None and progress and time.monotonic() - last >= 1.0:
-                last = time.monotonic()
-                sys.stderr.write("\r\x1b[2K" + progress_line(frame))
-                sys.stderr.flush()
-        for _ in range(3):
-            session.pump(0.02)
+            line.show(session.pump(0.05))
+        session.drain_shipped()
     except KeyboardInterrupt:
         session.stop(cancel_in_flight=True)
         session.wait_stopped(5.0)
@@ -176,9 +171,7 @@ def drive_session(
     finally:
         session.close()
         session.tick(time.perf_counter_ns())
-        if progress:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
+        line.clear()
     return session
 
 

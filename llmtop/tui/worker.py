@@ -89,8 +89,7 @@ class SessionDriver:
             if not session.finished:
                 session.stop(cancel_in_flight=True)
                 session.wait_stopped(STOP_GRACE_S)
-            for _ in range(3):  # whatever was shipped with the stop message
-                session.pump(0.02)
+            session.drain_shipped()
         except Exception as exc:  # the UI shows it; the terminal must still be restored
             post(LoadStopped("failed", f"{type(exc).__name__}: {exc}"))
         finally:
