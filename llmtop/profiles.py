@@ -18,7 +18,17 @@ from typing import Any
 from llmtop.config import LengthDist
 from llmtop.errors import ConfigError
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped_profiles"  # in the wheel too
+
+def _shipped_dir() -> Path:
+    """`profiles/` at the top of a checkout; `llmtop/shipped_profiles/` inside a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "shipped_profiles", here.parent / "profiles"):
+        if candidate.is_dir():
+            return candidate
+    return here / "shipped_profiles"
+
+
+SHIPPED_DIR = _shipped_dir()
 
 Check = tuple[Callable[[Any], Any], str]  # converter (raises ValueError) and what is allowed
 

@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 from llmtop.config import RunConfig
-from llmtop.exports import step_index_of
 from llmtop.load import channel as ch
 from llmtop.load.process import LoadProcess, yield_to_load_process
 from llmtop.metrics.collector import METRICS, Collector, error_rate, step_summary
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
+from llmtop.output.exports import step_index_of
+from llmtop.output.snapshot import IntervalRecorder
 from llmtop.slo import Slo, histogram_value_ms
-from llmtop.snapshot import IntervalRecorder
 
 LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmtop.compare import compare_snapshots, render
-from llmtop.snapshot import load_snapshot, save_snapshot
+from llmtop.output.compare import compare_snapshots, render
+from llmtop.output.snapshot import load_snapshot, save_snapshot
 from tests.test_snapshot import FIXTURES, run_cli
 
 V1 = FIXTURES / "v1-sim-vllm-128-128.json"

@@ -25,7 +25,7 @@ from llmtop.engines.detect import (
     EngineInfo,
     detect_engine,
 )
-from llmtop.engines.metrics import (
+from llmtop.engines.poller import (
     MetricsError,
     MetricsPoller,
     parse_prometheus,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtop.snapshot import load_snapshot
+from llmtop.output.snapshot import load_snapshot
 
 try:
     from tests.support.vllm_server import (
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[1]
 _RUN_LAUNCH = (
     "from llmtop.cli import cli, main\n"
-    "from llmtop.engine_cli import launch_command\n"
+    "from llmtop.cli.launch import launch_command\n"
     "cli.add_command(launch_command, 'launch')\n"
     "main()\n"
 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from llmtop.knee import (
+from llmtop.knee.search import (
     Done,
     Drain,
     Hold,

@@ -31,7 +31,7 @@ _REGISTER = (
     "import sys\n"
     "from llmtop.cli import cli, main\n"
     "if 'knee' not in cli.commands:\n"
-    "    from llmtop.knee_cli import knee_command\n"
+    "    from llmtop.cli.knee import knee_command\n"
     "    cli.add_command(knee_command, 'knee')\n"
     "sys.argv[0] = 'llmtop'\n"
     "main()\n"

@@ -28,12 +28,12 @@ from llmtop.engines.sweep import (
     sweep_points,
 )
 from llmtop.errors import ConfigError
-from llmtop.snapshot import load_snapshot
+from llmtop.output.snapshot import load_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 _RUN_LAUNCH = (
     "from llmtop.cli import cli, main\n"
-    "from llmtop.engine_cli import launch_command\n"
+    "from llmtop.cli.launch import launch_command\n"
     "cli.add_command(launch_command, 'launch')\n"
     "main()\n"
 )

@@ -10,7 +10,7 @@ import click
 import pytest
 
 from llmtop.backends.openai import RequestFactory, parse_url
-from llmtop.cli_options import (
+from llmtop.cli.options import (
     build_config,
     load_options,
     target_options,
@@ -188,7 +188,7 @@ def test_chat_dataset_body_and_build_cost() -> None:
 
 
 def test_search_section_sets_the_knee_flags() -> None:
-    knee = pytest.importorskip("llmtop.knee_cli").knee_command
+    knee = pytest.importorskip("llmtop.cli.knee").knee_command
     with knee.make_context("knee", ["--profile", "llama3-8b-tpot-20ms"]) as ctx:
         o = ctx.params
     assert o["slo"] == "tpot_p99<=20ms" and o["concurrency_search"] is True

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import pytest
 
-from llmtop.cli_options import (
+from llmtop.cli.options import (
     build_config,
     load_options,
     prepared_run,
@@ -21,9 +21,9 @@ from llmtop.cli_options import (
     validate,
     workload_options,
 )
+from llmtop.output.snapshot import build_snapshot, load_snapshot, save_snapshot
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
-from llmtop.snapshot import build_snapshot, load_snapshot, save_snapshot
 from tests.test_snapshot import FIXTURES, run_cli
 
 PROFILES = ("llama3-8b-128-128", "llama3-8b-2048-128")
@@ -126,7 +126,7 @@ def test_report_files_say_what_the_snapshots_hold(shootout: list[Path], tmp_path
 def test_report_without_matplotlib_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "matplotlib", None)
-        from llmtop.plots import ReportError, write_report
+        from llmtop.output.plots import ReportError, write_report
 
         with pytest.raises(ReportError, match=r"llmtop\[report\]"):
             write_report([load_snapshot(FIXTURES / "v0-trtllm-128-128.json")], tmp_path)

@@ -13,8 +13,7 @@ from hdrh.histogram import HdrHistogram
 
 from llmtop.metrics.collector import Collector
 from llmtop.metrics.records import RequestRecord
-from llmtop.slo import Slo
-from llmtop.snapshot import (
+from llmtop.output.snapshot import (
     VERSION,
     IntervalRecorder,
     SnapshotError,
@@ -22,12 +21,13 @@ from llmtop.snapshot import (
     load_snapshot,
     save_snapshot,
 )
+from llmtop.slo import Slo
 from tests.conftest import ROOT, CliResult, assert_one_line_error
 
 # Until cli.py registers `compare` / `report`, add them the way it will, then run main().
 _MAIN = (
     "import sys; from llmtop.cli import cli, main; "
-    "from llmtop.snapshot_cli import compare_command, report_command; "
+    "from llmtop.cli.snapshots import compare_command, report_command; "
     "[cli.add_command(c, n) for c, n in ((compare_command, 'compare'), "
     "(report_command, 'report')) if n not in cli.commands]; "
     "sys.argv[0] = 'llmtop'; main()"

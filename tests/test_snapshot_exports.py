@@ -10,9 +10,9 @@ from pathlib import Path
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
-from llmtop.exports import RequestLog, step_index_of, write_hlogs, write_steps_csv
 from llmtop.metrics.collector import new_histogram
-from llmtop.snapshot import build_snapshot, load_snapshot
+from llmtop.output.exports import RequestLog, step_index_of, write_hlogs, write_steps_csv
+from llmtop.output.snapshot import build_snapshot, load_snapshot
 from tests.test_snapshot import EXTRA, FIXTURES, FakeSession, record
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmtop.cli_options import build_config, prepared_run, validate
+from llmtop.cli.options import build_config, prepared_run, validate
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
 from llmtop.tui.app import LlmtopApp, create_app

@@ -39,7 +39,7 @@ LLAMACPP = "llama.cpp"
 SIM = "llmtop-sim"
 UNKNOWN = "unknown"
 
-# metrics_kind: which reader the poller uses (see llmtop.engines.metrics)
+# metrics_kind: which reader the poller uses (see llmtop.engines.poller)
 PROMETHEUS = "prometheus"
 TRTLLM_JSON = "trtllm-json"
 

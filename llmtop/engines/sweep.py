@@ -154,7 +154,7 @@ def drive_session(
     config: RunConfig, slo: Slo | None, server_sample: Callable[[], Any] | None, progress: bool
 ) -> Any:
     """Run the load to its end with the server's metrics beside it; the closed LoadSession."""
-    from llmtop.report import ProgressLine
+    from llmtop.output.console import ProgressLine
     from llmtop.session import LoadSession
 
     session = LoadSession(config, slo, server_sample=server_sample)
@@ -212,12 +212,12 @@ def run_sweep(
     out: TextIO | None = None,
 ) -> SweepResult:
     """For each point: start the engine, detect it, load it, snapshot it, stop it."""
-    from llmtop.cli_options import prepared_run
+    from llmtop.cli.options import prepared_run
     from llmtop.engines.detect import detect_engine
     from llmtop.engines.launch import EngineStartError, launch_engine
-    from llmtop.engines.metrics import MetricsPoller
-    from llmtop.report import print_summary
-    from llmtop.snapshot import build_snapshot, save_snapshot
+    from llmtop.engines.poller import MetricsPoller
+    from llmtop.output.console import print_summary
+    from llmtop.output.snapshot import build_snapshot, save_snapshot
 
     stdout = out or sys.stdout
     out_path = Path(out_dir)

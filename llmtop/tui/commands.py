@@ -47,7 +47,7 @@ class SaveSnapshot:
 
 @dataclass(frozen=True)
 class StartKnee:
-    """Run the knee search step by step from the worker (when llmtop.knee is available)."""
+    """Run the knee search step by step from the worker (when llmtop.knee.search is available)."""
 
 
 @dataclass(frozen=True)

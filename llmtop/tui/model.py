@@ -38,7 +38,7 @@ class RunInfo:
     rate_step: float = 0.10  # fraction per up/down press
     save_path: str | None = None
     snapshot_dir: str = "."
-    knee: bool = True  # the `a` key runs the knee search (llmtop.knee)
+    knee: bool = True  # the `a` key runs the knee search (llmtop.knee.search)
 
     @classmethod
     def from_extra(

@@ -56,9 +56,9 @@ async def _drive(app: Any, out: Path, hold: float) -> None:
 
 
 def main() -> None:
-    from llmtop.cli_options import build_config, prepared_run, validate
+    from llmtop.cli.options import build_config, prepared_run, validate
     from llmtop.engines.detect import detect_engine
-    from llmtop.engines.metrics import MetricsPoller
+    from llmtop.engines.poller import MetricsPoller
     from llmtop.session import LoadSession
     from llmtop.slo import Slo
     from llmtop.tui.app import create_app

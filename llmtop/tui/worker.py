@@ -175,7 +175,7 @@ class SessionDriver:
             self._post(CommandApplied("window reset"))
 
     def _save(self, session: Any, path: str) -> str | None:
-        from llmtop.snapshot import SnapshotError, build_snapshot, save_snapshot
+        from llmtop.output.snapshot import SnapshotError, build_snapshot, save_snapshot
 
         if self.server_series is not None:
             with contextlib.suppress(Exception):
@@ -206,8 +206,8 @@ class SessionDriver:
 
     # -- knee search: the same state machine as `llmtop knee`, one observation a frame ---
     def _start_knee(self, session: Any) -> None:
-        from llmtop.knee import KneePlan
-        from llmtop.knee_run import KneeRunner
+        from llmtop.knee.runner import KneeRunner
+        from llmtop.knee.search import KneePlan
 
         if self._knee is not None:
             self._post(KneeReported("knee search already running (↑/↓ takes over)"))
@@ -240,8 +240,8 @@ class SessionDriver:
 
     def _knee_tick(self, session: Any, frame: Any) -> None:
         """Feed the knee machine one observation (every ~0.25 s) and apply its decision."""
-        from llmtop.knee import Done
-        from llmtop.knee_run import _step_line, knee_document
+        from llmtop.knee.runner import _step_line, knee_document
+        from llmtop.knee.search import Done
 
         runner = self._knee
         now = time.monotonic()
@@ -261,7 +261,7 @@ class SessionDriver:
         _ = knee_document  # imported here so a failure shows at the first tick, not the end
 
     def _finish_knee(self, session: Any, result: Any) -> None:
-        from llmtop.knee_run import knee_document
+        from llmtop.knee.runner import knee_document
 
         runner = self._knee
         self._knee = None

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from llmtop.compare import compare_snapshots, render, snapshot_name
 from llmtop.errors import ConfigError
-from llmtop.snapshot import _clean, load_snapshot
+from llmtop.output.compare import compare_snapshots, render, snapshot_name
+from llmtop.output.snapshot import _clean, load_snapshot
 
 
 def _load_all(paths: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -74,8 +74,8 @@ def report_command(snapshots: tuple[str, ...], output: str, formats: str, export
 
     Needs matplotlib (`pip install 'llmtop[report]'`).
     """
-    from llmtop.exports import write_hlogs, write_steps_csv
-    from llmtop.plots import FORMATS, write_report
+    from llmtop.output.exports import write_hlogs, write_steps_csv
+    from llmtop.output.plots import FORMATS, write_report
 
     fmts = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in FORMATS]

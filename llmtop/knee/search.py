@@ -1,6 +1,6 @@
 """The knee search as a pure state machine: no asyncio, no sleeps, no clock of its own.
 
-Usage (the headless runner `llmtop.knee_run` and the live UI's `a` key both do this)::
+Usage (the headless runner `llmtop.knee.runner` and the live UI's `a` key both do this)::
 
     search = KneeSearch(KneePlan(mode="rate", start=1.0, factor=2.0, max_value=64.0))
     decision = search.start(now_s)            # always a SetLoad

@@ -1,4 +1,4 @@
-"""`llmtop knee`, headless: drive one LoadSession through the knee search (`llmtop.knee`).
+"""`llmtop knee`, headless: drive one LoadSession through the knee search (`llmtop.knee.search`).
 
 One load process for the whole search; each decision of the state machine becomes a rate
 (or concurrency) change, which starts a new collector step. A step is judged on its own
@@ -18,9 +18,9 @@ from typing import Any, TextIO
 from hdrh.histogram import HdrHistogram
 
 from llmtop import __version__
+from llmtop.cli.run import Interrupts
 from llmtop.config import RunConfig
-from llmtop.headless import Interrupts
-from llmtop.knee import (
+from llmtop.knee.search import (
     Done,
     Drain,
     KneePlan,
@@ -34,7 +34,7 @@ from llmtop.knee import (
     steps_table,
 )
 from llmtop.metrics.collector import Step, error_rate, step_summary
-from llmtop.report import write_json_output
+from llmtop.output.console import write_json_output
 from llmtop.session import LoadSession
 from llmtop.slo import RATE_METRICS, Slo, histogram_value_ms
 
@@ -316,7 +316,7 @@ def run_knee(
     if json_path:
         write_json_output(json_path, data)
     if save_path:
-        from llmtop.snapshot import build_snapshot, save_snapshot
+        from llmtop.output.snapshot import build_snapshot, save_snapshot
 
         snap = build_snapshot(session, extra, knee={"knee": data["knee"], "steps": data["steps"]})
         save_snapshot(save_path, snap)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from llmtop.cli_options import (
+from llmtop.cli.options import (
     RateType,
     build_config,
     parse_slo,
@@ -18,7 +18,7 @@ from llmtop.cli_options import (
     workload_options,
 )
 from llmtop.errors import ConfigError, LlmtopError
-from llmtop.knee import KneePlan
+from llmtop.knee.search import KneePlan
 
 
 def _percent(value: str) -> float:
@@ -98,7 +98,7 @@ def _percent(value: str) -> float:
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Write a snapshot here.")
 def knee_command(**o: Any) -> None:
     """Ramp the load until the SLO breaks, then bisect to the knee (headless)."""
-    from llmtop.knee_run import run_knee
+    from llmtop.knee.runner import run_knee
 
     slo = parse_slo(o["slo"])
     if not slo:

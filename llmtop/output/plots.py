@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from llmtop.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
 from llmtop.errors import LlmtopError
-from llmtop.snapshot import histogram_of
+from llmtop.output.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
+from llmtop.output.snapshot import histogram_of
 
 FORMATS = ("png", "svg")
 SPECTRUM_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"))

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from llmtop import __version__
-from llmtop.cli_options import (
+from llmtop.cli.options import (
     build_config,
     load_options,
     parse_slo,
@@ -19,8 +19,8 @@ from llmtop.cli_options import (
     validate,
     workload_options,
 )
+from llmtop.cli.ui import DefaultCommandGroup, ui_command
 from llmtop.errors import LlmtopError
-from llmtop.ui_cli import DefaultCommandGroup, ui_command
 
 
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,7 +61,7 @@ def cli() -> None:
 )
 def run(**o: Any) -> None:
     """Run a load headless and report TTFT, TPOT, ITL, E2E and throughput."""
-    from llmtop.headless import run_headless
+    from llmtop.cli.run import run_headless
 
     validate(o)
     slo = parse_slo(o.get("slo"))
@@ -98,7 +98,7 @@ def run(**o: Any) -> None:
 def _register_optional() -> None:
     cli.add_command(ui_command, "ui")
     with contextlib.suppress(ImportError):
-        from llmtop.knee_cli import knee_command
+        from llmtop.cli.knee import knee_command
 
         cli.add_command(knee_command, "knee")
     with contextlib.suppress(ImportError):
@@ -106,12 +106,12 @@ def _register_optional() -> None:
 
         cli.add_command(sim_command, "sim")
     with contextlib.suppress(ImportError):
-        from llmtop.snapshot_cli import compare_command, report_command
+        from llmtop.cli.snapshots import compare_command, report_command
 
         cli.add_command(compare_command, "compare")
         cli.add_command(report_command, "report")
     with contextlib.suppress(ImportError):
-        from llmtop.engine_cli import launch_command
+        from llmtop.cli.launch import launch_command
 
         cli.add_command(launch_command, "launch")
 

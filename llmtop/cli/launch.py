@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from llmtop.cli_options import build_config, load_options, validate, workload_options
+from llmtop.cli.options import build_config, load_options, validate, workload_options
 from llmtop.engines.launch import DEFAULT_HEALTH_TIMEOUT_S, ENGINES
 from llmtop.errors import ConfigError, LlmtopError
 
@@ -96,7 +96,7 @@ def launch_command(**o: Any) -> None:
       llmtop launch vllm --sweep max-num-seqs=1,8 --concurrency 8 --num-requests 64 \\
           -- facebook/opt-125m --max-model-len 2048
     """
-    from llmtop.cli_options import parse_slo
+    from llmtop.cli.options import parse_slo
     from llmtop.engines.sweep import run_sweep, sweep_points
 
     engine_args = list(o.pop("engine_args"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from llmtop.cli_options import (
+from llmtop.cli.options import (
     build_config,
     load_options,
     parse_slo,
@@ -100,7 +100,7 @@ def ui_command(ctx: click.Context, target_url: str | None, **o: Any) -> None:
 def run_ui(o: dict[str, Any]) -> int:
     """Validate, start the simulator or preflight the server, then run the app to the end."""
     from llmtop.engines.detect import detect_engine
-    from llmtop.engines.metrics import MetricsPoller
+    from llmtop.engines.poller import MetricsPoller
     from llmtop.session import LoadSession
     from llmtop.tui.app import create_app
     from llmtop.tui.commands import Stop

@@ -10,8 +10,8 @@ from typing import Any
 
 from llmtop import __version__
 from llmtop.config import RunConfig
-from llmtop.exports import RequestLog
-from llmtop.report import ProgressLine, print_summary, write_json_output
+from llmtop.output.console import ProgressLine, print_summary, write_json_output
+from llmtop.output.exports import RequestLog
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
 
@@ -99,7 +99,7 @@ def run_headless(
     if json_path:
         write_json_output(json_path, summary)
     if save_path:
-        from llmtop.snapshot import build_snapshot, save_snapshot
+        from llmtop.output.snapshot import build_snapshot, save_snapshot
 
         save_snapshot(save_path, build_snapshot(session, extra))
     print_summary(summary, sys.stdout)

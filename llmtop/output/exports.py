@@ -22,7 +22,7 @@ from hdrh.log import HistogramLogWriter
 
 from llmtop.errors import LlmtopError
 from llmtop.metrics.records import RequestRecord
-from llmtop.snapshot import histogram_of
+from llmtop.output.snapshot import histogram_of
 
 
 class ExportError(LlmtopError):

@@ -82,7 +82,7 @@ profile_option = click.option(
     expose_value=True,
     callback=_load_profile_callback,
     help="TOML profile (workload, load plan, SLO, engine); flags given here override it. "
-    "A bare NAME picks a shipped profile (llmtop/shipped_profiles/NAME.toml).",
+    "A bare NAME picks a shipped profile (profiles/NAME.toml in the source tree).",
 )
 
 
@@ -457,7 +457,7 @@ class PreparedRun:
 
     def start_poller(self) -> Any:
         """Poll the server's own metrics at ~1 Hz in a thread of this (parent) process."""
-        from llmtop.engines.metrics import MetricsPoller
+        from llmtop.engines.poller import MetricsPoller
 
         def warn(message: str) -> None:
             click.echo(f"llmtop: warning: {message}", err=True)

@@ -1,0 +1,1 @@
+"""What a run leaves behind: the console table, JSON, snapshots, comparisons, plots, exports."""
