@@ -21,7 +21,8 @@ import time
 import pytest
 import trustme
 
-from llmtop.backends.http import SCM_TIMESTAMPNS, ConnectionPool, Exchange, ReceiveClock
+from llmtop.backends.http import ConnectionPool, Exchange
+from llmtop.backends.link import SCM_TIMESTAMPNS, ReceiveClock
 from llmtop.metrics import records
 from tests.conftest import assert_one_line_error, run_cli
 from tests.support.fault_server import FaultServer
