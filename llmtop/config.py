@@ -25,6 +25,13 @@ class Target:
     headers: tuple[tuple[str, str], ...] = ()
     simulated: dict[str, Any] | None = None
 
+    def auth_headers(self) -> dict[str, str]:
+        """The extra headers and the bearer key, for every side request (the one place)."""
+        h = dict(self.headers)
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
     def public(self) -> dict[str, Any]:
         """What may be written to files and screens: header values and the key are hidden."""
         return {

@@ -36,13 +36,6 @@ class Preflight:
     notes: tuple[str, ...]
 
 
-def _headers(target: Target) -> dict[str, str]:
-    h = dict(target.headers)
-    if target.api_key:
-        h["Authorization"] = f"Bearer {target.api_key}"
-    return h
-
-
 def _auth_error(url: str, status: int) -> TargetError:
     return TargetError(
         f"{url} refused the request (HTTP {status}): check --api-key / OPENAI_API_KEY and --header"
@@ -54,7 +47,7 @@ async def _get_models(
 ) -> tuple[list[str], str]:
     url = f"{base}/v1/models"
     try:
-        async with session.get(url, headers=_headers(target)) as resp:
+        async with session.get(url, headers=target.auth_headers()) as resp:
             server = resp.headers.get("Server", "")
             if resp.status in (401, 403):
                 raise _auth_error(target.url, resp.status)
@@ -91,7 +84,7 @@ async def _probe(
 ) -> tuple[int, str, bool]:
     """POST one short streaming request; (status, error detail, usage on every chunk)."""
     try:
-        async with session.post(url, json=body, headers=_headers(target)) as resp:
+        async with session.post(url, json=body, headers=target.auth_headers()) as resp:
             if resp.status != 200:
                 return resp.status, error_detail(await resp.read()), False
             chunks = 0
@@ -125,7 +118,7 @@ async def _tokenize(
         async with session.post(
             f"{base}/tokenize",
             json={"model": target.model, "prompt": text, "add_special_tokens": False},
-            headers=_headers(target),
+            headers=target.auth_headers(),
         ) as resp:
             if resp.status != 200:
                 return None
@@ -265,7 +258,7 @@ async def _triton(session: aiohttp.ClientSession, base: str, config: RunConfig) 
     target = config.target
     if not target.model:
         raise TargetError("--api triton needs --model (the Triton model to call)")
-    dialect, notes = await triton_preflight(session, base, config, _headers(target))
+    dialect, notes = await triton_preflight(session, base, config, target.auth_headers())
     texts, note = await _text_prompts(
         session, base, target, config.workload.input_len, config.workload.seed
     )

@@ -1,24 +1,31 @@
 """The parent's side of a run: the load process, the collector and the telemetry it yields.
 
-Headless reporting and the UI both drive a `LoadSession`: `pump()` reads whatever the load
-process shipped, feeds the collector, and returns a telemetry frame when an interval closes.
+Every command drives a `LoadSession` through `drive()`, the one pump loop: `pump()` reads
+whatever the load process shipped, feeds the collector, and returns a telemetry frame when an
+interval closes; `drive()` adds the stop protocol (ask once, wait a grace period, give up on a
+second interrupt) and always closes the session with a final frame.
 """
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
 from llmtop.load.process import LoadProcess, yield_to_load_process
-from llmtop.metrics.collector import METRICS, Collector, error_rate, step_summary
+from llmtop.metrics.collector import Collector, error_rate
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
 from llmtop.output.exports import step_index_of
 from llmtop.output.snapshot import IntervalRecorder
 from llmtop.slo import Slo, histogram_value_ms
 
 LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
+STOP_GRACE_S = 5.0  # how long the load process gets to stop before we keep what we have
+PUMP_S = 0.05  # the longest a caller waits between two looks at its own state
 
 
 class LoadSession:
@@ -29,16 +36,13 @@ class LoadSession:
         config: RunConfig,
         slo: Slo | None = None,
         interval_s: float = 0.25,
-        encode: bool = False,
         server_sample: Any = None,
         yield_cpu: bool = True,
     ) -> None:
         self.config = config
         self.yield_cpu = yield_cpu  # put this process below the load process (SCHED_IDLE)
-        self.priority_note = ""
         self.slo = slo or Slo()
         self.interval_s = interval_s
-        self.encode = encode
         self.server_sample = server_sample  # callable → latest server metrics dict, or None
         self.collector = Collector(config.window_s, self.slo.per_request_limits_ms())
         self.series: list[SeriesPoint] = []
@@ -57,7 +61,8 @@ class LoadSession:
         self.start_ns = time.perf_counter_ns()
         self._next_tick_ns = self.start_ns + round(self.interval_s * 1e9)
         self.process.start()
-        self.priority_note = yield_to_load_process() if self.yield_cpu else ""
+        if self.yield_cpu:
+            yield_to_load_process()
         plan = self.config.plan
         offered = float(plan.concurrency) if plan.closed_loop else plan.request_rate
         self.collector.begin_step(self.start_ns, offered)
@@ -105,12 +110,6 @@ class LoadSession:
         server = self.server_sample() if self.server_sample is not None else None
         st = self.status
         total = self.collector.counts
-        encoded: dict[str, bytes] = {}
-        if self.encode:
-            for m in METRICS:
-                h = interval.histograms[m]
-                if h.get_total_count():
-                    encoded[m] = h.encode()
         frame = Telemetry(
             t_ns=now_ns,
             elapsed_s=(now_ns - self.start_ns) / 1e9,
@@ -131,7 +130,6 @@ class LoadSession:
             load_cpu_s=st.load_cpu_s if st else 0.0,
             precise_pacer=st.precise_pacer if st else False,
             connections=st.connections if st else 0,
-            interval_histograms=encoded,
             goodput=counts.good / span_s if span_s and self.slo else None,
             slo=tuple(slo_results),
             step_index=len(self.collector.steps) - 1,
@@ -156,10 +154,6 @@ class LoadSession:
     def set_concurrency(self, concurrency: int, label: str = "") -> None:
         self.process.send(ch.ConcurrencySet(concurrency))
         self.collector.begin_step(time.perf_counter_ns(), float(concurrency), label)
-
-    def step_summaries(self) -> list[dict[str, Any]]:
-        now = time.perf_counter_ns()
-        return [step_summary(s, self.slo, now) for s in self.collector.steps]
 
     def pause(self) -> None:
         self.process.send(ch.Paused())
@@ -203,3 +197,83 @@ class LoadSession:
             "user": self.status.user_stamps if self.status else 0,
         }
         return out
+
+
+class Interrupts:
+    """Counts SIGINT/SIGTERM instead of raising, so results are never lost mid-write."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Interrupts:
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass(frozen=True)
+class DriveEnded:
+    """How `drive()` ended: by itself, because the caller asked, or by an interrupt."""
+
+    interrupted: bool
+    stopped_by_caller: bool
+    final: Telemetry
+
+
+# on_frame(frame or None) is called after every pump; returning True asks the load to stop.
+OnFrame = Callable[[Telemetry | None], bool | None]
+
+
+def drive(
+    session: LoadSession,
+    on_frame: OnFrame | None = None,
+    interrupts: Interrupts | None = None,
+    grace_s: float = STOP_GRACE_S,
+) -> DriveEnded:
+    """Pump a started session until the load ends, then close it: the one loop.
+
+    A stop (asked by `on_frame` or by an interrupt) cancels what is in flight and waits up
+    to `grace_s` for the load process to say it stopped; a second interrupt stops waiting.
+    Whatever happens, the session is closed and a last frame is taken, so every record that
+    arrived is in the collector.
+    """
+    interrupted = by_caller = False
+    stop_sent_at: float | None = None
+    try:
+        while not session.finished:
+            frame = session.pump(PUMP_S)
+            if on_frame is not None and stop_sent_at is None and on_frame(frame):
+                by_caller = True
+            if interrupts is not None and interrupts.count:
+                interrupted = True
+            if (by_caller or interrupted) and stop_sent_at is None:
+                session.stop(cancel_in_flight=True)
+                stop_sent_at = time.monotonic()
+            if stop_sent_at is not None and (
+                (interrupts is not None and interrupts.count > 1)
+                or time.monotonic() - stop_sent_at > grace_s
+            ):
+                break  # asked twice, or the child does not answer: keep what we have
+        session.drain_shipped()
+    except BaseException:
+        if not session.finished:  # a bug above us must never leave the load running unseen
+            try:
+                session.stop(cancel_in_flight=True)
+                session.wait_stopped(grace_s)
+            except Exception:
+                pass
+        raise
+    finally:
+        session.close()
+        final = session.tick(time.perf_counter_ns())
+    return DriveEnded(interrupted, by_caller, final)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from llmtop.knee.document import steps_table
 from llmtop.knee.search import (
     Done,
     Drain,
@@ -15,15 +16,16 @@ from llmtop.knee.search import (
     KneePlan,
     KneeResult,
     KneeSearch,
-    LimitObs,
     SetLoad,
     StepObs,
+)
+from llmtop.knee.stats import (
+    LimitObs,
     binom_cdf,
     binom_sf,
     judge_limit,
     min_samples_for_pass,
     quantile_ci_ranks,
-    steps_table,
 )
 
 TICK = 0.25

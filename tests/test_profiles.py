@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,9 @@ import pytest
 
 from llmtop.backends.openai import RequestFactory, parse_url
 from llmtop.cli.options import (
-    build_config,
+    RunOptions,
     load_options,
     target_options,
-    validate,
     workload_options,
 )
 from llmtop.config import Dialect, LengthDist, RunConfig, Target, Workload
@@ -35,9 +35,12 @@ def _cmd(**o: Any) -> None:
 
 
 def options(*args: str) -> dict[str, Any]:
+    """The command's parameters with the validated RunOptions' values over them (and "_opts")."""
     with _cmd.make_context("run", list(args)) as ctx:
+        opts = RunOptions.from_params(ctx.params, ctx)
         o = dict(ctx.params)
-        validate(o)
+        o.update({f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)})
+        o["_opts"] = opts
         return o
 
 
@@ -84,9 +87,10 @@ def test_length_distributions_and_shared_prefix(tmp_path: Path) -> None:
         'output_len = "normal:50:5"\nshared_prefix_len = 32\n'
     )
     o = options("--profile", str(p))
-    assert o["input_dist"] == LengthDist("uniform", 100, 200) and o["input_len"] == 150
-    assert o["output_dist"] == LengthDist("normal", 50, 5)
-    cfg = build_config(o)
+    assert o["input_len"] == LengthDist("uniform", 100, 200)
+    assert o["output_len"] == LengthDist("normal", 50, 5)
+    cfg = o["_opts"].config()
+    assert cfg.workload.input_len == 150 and cfg.workload.input_dist == o["input_len"]
     assert cfg.public()["workload"]["input_dist"] == "uniform:100:200"
     f = RequestFactory(cfg, parse_url("http://127.0.0.1:1"))
     bodies = [json.loads(f.build().split(b"\r\n\r\n", 1)[1]) for _ in range(300)]

@@ -14,11 +14,10 @@ import click
 import pytest
 
 from llmtop.cli.options import (
-    build_config,
+    RunOptions,
     load_options,
-    prepared_run,
+    prepared,
     target_options,
-    validate,
     workload_options,
 )
 from llmtop.output.snapshot import build_snapshot, load_snapshot, save_snapshot
@@ -43,10 +42,9 @@ def _run(**o: Any) -> None:
 def run_profile(profile: str, engine: str, out: Path) -> Path:
     """What `llmtop run --profile P --sim-engine E --save OUT` does, without the printing."""
     with _run.make_context("run", ["--profile", profile, "--sim-engine", engine, *SHORT]) as ctx:
-        o = dict(ctx.params)
-        validate(o)
-        slo = Slo.parse(o["slo"])
-        with prepared_run(build_config(o), o) as prep:
+        opts = RunOptions.from_params(ctx.params, ctx)
+        slo = Slo.parse(ctx.params["slo"])
+        with prepared(opts) as prep:
             session = LoadSession(prep.config, slo)
             session.start()
             try:

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from llmtop.metrics.collector import Collector
+from llmtop.config import RunConfig, Target
 from llmtop.metrics.records import RequestRecord
 from llmtop.output.snapshot import (
     VERSION,
-    IntervalRecorder,
     SnapshotError,
     build_snapshot,
     load_snapshot,
     save_snapshot,
 )
+from llmtop.session import LoadSession
 from llmtop.slo import Slo
 from tests.conftest import ROOT, CliResult, assert_one_line_error
 
@@ -75,29 +75,24 @@ def record(t0: int, ttft_ms: float, itl_ms: float, tokens: int) -> RequestRecord
     )
 
 
-class FakeSession:
-    """What build_snapshot reads of a LoadSession, filled from synthetic records."""
-
-    def __init__(self, steps: int = 2, per_step: int = 200) -> None:
-        self.slo = Slo.parse("ttft_p99<=500ms")
-        self.collector = Collector(10.0, self.slo.per_request_limits_ms())
-        self.series: list[Any] = []
-        self.start_ns = 1_000 * MS
-        self.interval_recorder = IntervalRecorder()
-        rng = random.Random(7)
-        t = self.start_ns
-        for k in range(steps):
-            self.collector.begin_step(t, 2.0 * (k + 1))
-            for _ in range(per_step):
-                t += 5 * MS
-                self.collector.add([record(t, rng.uniform(20, 400 * (k + 1)), 10 + k, 16)])
-                if (t - self.start_ns) % (250 * MS) == 0:
-                    self.interval_recorder.add(self.collector.tick(t), self.start_ns)
-        self.collector.end_step(t + 50 * MS)
-        self.interval_recorder.add(self.collector.tick(t + 1000 * MS), self.start_ns)
-
-    def summary(self) -> dict[str, Any]:
-        return self.collector.summary()
+def filled_session(steps: int = 2, per_step: int = 200) -> LoadSession:
+    """A real LoadSession (its load process never started) fed with synthetic records."""
+    slo = Slo.parse("ttft_p99<=500ms")
+    session = LoadSession(RunConfig(Target("http://x:8000"), window_s=10.0), slo)
+    session.start_ns = 1_000 * MS
+    collector, recorder = session.collector, session.interval_recorder
+    rng = random.Random(7)
+    t = session.start_ns
+    for k in range(steps):
+        collector.begin_step(t, 2.0 * (k + 1))
+        for _ in range(per_step):
+            t += 5 * MS
+            collector.add([record(t, rng.uniform(20, 400 * (k + 1)), 10 + k, 16)])
+            if (t - session.start_ns) % (250 * MS) == 0:
+                recorder.add(collector.tick(t), session.start_ns)
+    collector.end_step(t + 50 * MS)
+    recorder.add(collector.tick(t + 1000 * MS), session.start_ns)
+    return session
 
 
 EXTRA = {
@@ -109,7 +104,7 @@ EXTRA = {
 
 @pytest.fixture(scope="module")
 def snap_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    snap = build_snapshot(FakeSession(), EXTRA, knee={"rate": 3.5})
+    snap = build_snapshot(filled_session(), EXTRA, knee={"rate": 3.5})
     path = save_snapshot(tmp_path_factory.mktemp("s") / "run.json", snap)
     return snap, path
 

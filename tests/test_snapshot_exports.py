@@ -13,11 +13,11 @@ from hdrh.log import HistogramLogReader
 from llmtop.metrics.collector import new_histogram
 from llmtop.output.exports import RequestLog, step_index_of, write_hlogs, write_steps_csv
 from llmtop.output.snapshot import build_snapshot, load_snapshot
-from tests.test_snapshot import EXTRA, FIXTURES, FakeSession, record
+from tests.test_snapshot import EXTRA, FIXTURES, filled_session, record
 
 
 def test_hlog_reads_back_with_hdrh_reader(tmp_path: Path) -> None:
-    snap = build_snapshot(FakeSession(), EXTRA)
+    snap = build_snapshot(filled_session(), EXTRA)
     paths = write_hlogs(snap, tmp_path)
     assert {p.name for p in paths} == {"ttft.hlog", "tpot.hlog", "itl.hlog", "e2el.hlog"}
     reader = HistogramLogReader(str(tmp_path / "ttft.hlog"), new_histogram())
@@ -40,7 +40,7 @@ def test_hlog_falls_back_to_steps_without_intervals(tmp_path: Path) -> None:
 
 
 def test_steps_csv(tmp_path: Path) -> None:
-    snap = build_snapshot(FakeSession(), EXTRA)
+    snap = build_snapshot(filled_session(), EXTRA)
     buf = io.StringIO()
     assert write_steps_csv(snap, buf) == 2
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
@@ -70,7 +70,7 @@ def test_request_log_sink(tmp_path: Path) -> None:
 
 
 def test_step_index_of() -> None:
-    steps = FakeSession(steps=2, per_step=2).collector.steps
+    steps = filled_session(steps=2, per_step=2).collector.steps
     assert step_index_of(steps, steps[0].start_ns - 1) is None
     assert step_index_of(steps, steps[0].start_ns) == 0
     assert step_index_of(steps, steps[1].start_ns + 5) == 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from llmtop.cli.options import build_config, prepared_run, validate
+from llmtop.cli.options import RunOptions, prepared
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
 from llmtop.tui.app import LlmtopApp, create_app
@@ -27,7 +27,7 @@ from tests.support.fault_server import Behaviour, FaultServer
 SLO = Slo.parse("ttft_p99<=1s,tpot_p99<=50ms")
 
 
-def options(url: str, **kw: Any) -> dict[str, Any]:
+def options(url: str, **kw: Any) -> RunOptions:
     """What the `llmtop [URL]` command would hand to run_ui, small and fast."""
     o: dict[str, Any] = dict(
         url=url, api="completions", model="", api_key=None, headers=(), sim_engine="vllm",
@@ -37,8 +37,7 @@ def options(url: str, **kw: Any) -> dict[str, Any]:
         duration=86400.0, num_requests=None, warmup=0.0, window=10.0, profile=None,
     )  # fmt: skip
     o.update(kw)
-    validate(o, default_requests=None)
-    return o
+    return RunOptions.from_params(o, default_requests=None)
 
 
 async def wait_for(pilot: Any, pred: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -52,7 +51,7 @@ async def wait_for(pilot: Any, pred: Callable[[], bool], timeout: float = 15.0) 
 def live_app(server: FaultServer, **kw: Any) -> tuple[LlmtopApp, SessionDriver, Any]:
     """A real app with a real load process driving `server` (the preflight runs first)."""
     o = options(server.url, **kw)
-    cm = prepared_run(build_config(o), o)
+    cm = prepared(o)
     prep = cm.__enter__()
     plan = prep.config.plan
     info = RunInfo.from_extra(prep.extra, plan, SLO, rate_step=0.1)

@@ -1,24 +1,17 @@
-"""The command line: click commands that build a configuration and hand it on. No logic."""
+"""The command line: the `llmtop` group, its commands, and one-line errors. No logic here.
+
+Each command lives in a module of its own (run, ui, knee, snapshots, launch); shared flags and
+their validation in `llmtop.cli.options`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from typing import Any
 
 import click
 
 from llmtop import __version__
-from llmtop.cli.options import (
-    build_config,
-    load_options,
-    parse_slo,
-    prepared_run,
-    target_options,
-    validate,
-    workload_options,
-)
 from llmtop.cli.ui import DefaultCommandGroup, ui_command
 from llmtop.errors import LlmtopError
 
@@ -32,91 +25,27 @@ def cli() -> None:
     """
 
 
-@cli.command()
-@target_options
-@workload_options
-@load_options
-@click.option(
-    "--slo", help="SLO to judge the run by, e.g. 'ttft_p99<=1s,tpot_p99<=20ms,error_rate<=1%'."
-)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here."
-)
-@click.option(
-    "--save",
-    "save_path",
-    type=click.Path(dir_okay=False),
-    help="Write a snapshot here (for llmtop compare / report).",
-)
-@click.option(
-    "--save-requests",
-    "requests_path",
-    type=click.Path(dir_okay=False),
-    help="Write one JSON line per request here.",
-)
-@click.option(
-    "--progress/--no-progress",
-    default=None,
-    help="Live progress line on stderr (default: on a terminal).",
-)
-def run(**o: Any) -> None:
-    """Run a load headless and report TTFT, TPOT, ITL, E2E and throughput."""
-    from llmtop.cli.run import run_headless
+def _register() -> None:
+    """Every command, imported plainly: a broken module is an error, never a missing command."""
+    from llmtop.cli.knee import knee_command
+    from llmtop.cli.launch import launch_command
+    from llmtop.cli.run import run_command
+    from llmtop.cli.snapshots import compare_command, report_command
+    from llmtop.sim.cli import sim_command
 
-    validate(o)
-    slo = parse_slo(o.get("slo"))
-    config = build_config(o)
-    progress = o["progress"] if o["progress"] is not None else sys.stderr.isatty()
-    with prepared_run(config, o) as prep:
-        poller = prep.start_poller()
-        try:
-            result = run_headless(
-                prep.config,
-                prep.extra,
-                o["json_path"],
-                progress,
-                slo,
-                server_sample=poller.latest,
-                server_samples=poller.finish,
-                save_path=o["save_path"],
-                requests_path=o["requests_path"],
-            )
-        finally:
-            poller.stop()
-    if result.failure:
-        raise LlmtopError(result.failure.splitlines()[0])
-    if result.interrupted:
-        where = f" and in {o['json_path']}" if o["json_path"] else ""
-        click.echo(f"llmtop: interrupted; the results so far are above{where}", err=True)
-        sys.exit(130)
-    s = result.summary
-    if s["completed"] == 0 and s["failed"] > 0:
-        kinds = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
-        raise LlmtopError(f"every request failed ({kinds})")
+    for name, command in (
+        ("run", run_command),
+        ("ui", ui_command),
+        ("knee", knee_command),
+        ("sim", sim_command),
+        ("compare", compare_command),
+        ("report", report_command),
+        ("launch", launch_command),
+    ):
+        cli.add_command(command, name)
 
 
-def _register_optional() -> None:
-    cli.add_command(ui_command, "ui")
-    with contextlib.suppress(ImportError):
-        from llmtop.cli.knee import knee_command
-
-        cli.add_command(knee_command, "knee")
-    with contextlib.suppress(ImportError):
-        from llmtop.sim.cli import sim_command
-
-        cli.add_command(sim_command, "sim")
-    with contextlib.suppress(ImportError):
-        from llmtop.cli.snapshots import compare_command, report_command
-
-        cli.add_command(compare_command, "compare")
-        cli.add_command(report_command, "report")
-    with contextlib.suppress(ImportError):
-        from llmtop.cli.launch import launch_command
-
-        cli.add_command(launch_command, "launch")
-
-
-_register_optional()
+_register()
 
 
 def main() -> None:

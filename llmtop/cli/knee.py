@@ -10,11 +10,10 @@ import click
 
 from llmtop.cli.options import (
     RateType,
-    build_config,
+    RunOptions,
     parse_slo,
-    prepared_run,
+    prepared,
     target_options,
-    validate,
     workload_options,
 )
 from llmtop.errors import ConfigError, LlmtopError
@@ -137,11 +136,8 @@ def knee_command(**o: Any) -> None:
     o["max_concurrency"] = None
     o["duration"] = None
     o["num_requests"] = None
-    o.setdefault("warmup", 0.0)
-    o.setdefault("window", 10.0)
-    validate(o, default_requests=None)
-    config = build_config(o)
-    with prepared_run(config, o) as prep:
+    opts = RunOptions.from_params(o, default_requests=None)
+    with prepared(opts) as prep:
         run = run_knee(prep.config, prep.extra, slo, plan, o["json_path"], o["save_path"])
     if run.failure and not run.result.steps:
         raise LlmtopError(run.failure.splitlines()[0])

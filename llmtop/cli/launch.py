@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from llmtop.cli.options import build_config, load_options, validate, workload_options
+from llmtop.cli.options import RunOptions, echo_err, load_options, parse_slo, workload_options
 from llmtop.engines.launch import DEFAULT_HEALTH_TIMEOUT_S, ENGINES
 from llmtop.errors import ConfigError, LlmtopError
 
@@ -96,18 +96,15 @@ def launch_command(**o: Any) -> None:
       llmtop launch vllm --sweep max-num-seqs=1,8 --concurrency 8 --num-requests 64 \\
           -- facebook/opt-125m --max-model-len 2048
     """
-    from llmtop.cli.options import parse_slo
     from llmtop.engines.sweep import run_sweep, sweep_points
 
     engine_args = list(o.pop("engine_args"))
     if engine_args and engine_args[0] == "--":
         engine_args = engine_args[1:]
-    validate(o)
+    opts = RunOptions.from_params(o)
     slo = parse_slo(o.get("slo"))
     points = sweep_points(o["sweeps"])
-    o.setdefault("url", None)
-    o.update(sim_engine="vllm", sim_gpu="a100-80g", sim_model="llama-3-8b")
-    config = build_config(o)
+    config = opts.config()
     out_dir = o["out_dir"] or f"llmtop-launch-{dt.datetime.now():%Y%m%d-%H%M%S}"
     progress = o["progress"] if o["progress"] is not None else sys.stderr.isatty()
     result = run_sweep(
@@ -115,7 +112,6 @@ def launch_command(**o: Any) -> None:
         engine_args,
         points,
         config,
-        o,
         out_dir,
         slo=slo,
         python=o["engine_python"],
@@ -124,7 +120,8 @@ def launch_command(**o: Any) -> None:
         env=_env_pairs(o["engine_env"]),
         nice=o["engine_nice"],
         progress=progress,
-        echo=lambda m: click.echo(m, err=True),
+        echo=echo_err,
+        profile=opts.profile,
     )
     click.echo(f"llmtop: snapshots and comparison.json in {result.out_dir}", err=True)
     if result.failed:

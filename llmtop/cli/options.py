@@ -1,7 +1,8 @@
-"""Options shared by `run`, `knee` and the live UI, and the steps that turn them into a run.
+"""Options shared by `run`, `knee`, `launch` and the live UI, validated into ONE typed object.
 
-Kept apart from `cli.py` so every command takes the same target / workload / load flags and
-builds its `RunConfig` the same way (validation, the built-in simulator, the preflight).
+Every command takes the same target / workload / load flags and turns them into a
+`RunOptions` through `RunOptions.from_params` (the one place flags are checked against each
+other), then into a `RunConfig` and a prepared target (`llmtop.setup.prepare`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import click
 
 from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, Workload
-from llmtop.errors import ConfigError, LlmtopError
+from llmtop.errors import ConfigError
 from llmtop.profiles import LENGTH_ALLOWED, Profile, load_profile, parse_length
+from llmtop.setup import PreparedRun, SimChoice, prepare
 from llmtop.slo import Slo, SloError
 
 _INF_WORDS = ("inf", "infinity", "max")
@@ -294,14 +296,13 @@ def _explicit(ctx: click.Context | None, name: str) -> bool:
     )
 
 
-def apply_profile(o: dict[str, Any], ctx: click.Context | None = None) -> None:
-    """Settle profile values against the flags given (the flags win); `validate` calls it.
+def _settle_profile(o: dict[str, Any], ctx: click.Context | None) -> None:
+    """Settle profile values against the flags given (the flags win).
 
     Click already filled every flag the user did not give from the profile; what is left is
     the pairs that exclude each other (a profile's `duration` against `--num-requests`, its
     `concurrency` against `--request-rate` / `--max-concurrency`).
     """
-    ctx = ctx or click.get_current_context(silent=True)
     if o.get("profile") is None or ctx is None:
         return
     for a, b in _EXCLUSIVE:
@@ -313,194 +314,134 @@ def apply_profile(o: dict[str, Any], ctx: click.Context | None = None) -> None:
         o["concurrency"] = None  # asked for an open loop over a closed-loop profile
 
 
-def _length(o: dict[str, Any], name: str) -> None:
-    """Split a length option into the mean (`name`) and the distribution (`name_dist`)."""
-    value = o.get(name)
-    key = name.replace("_len", "_dist")
-    if isinstance(value, LengthDist):
-        o[key] = value
-        o[name] = value.mean
-    else:
-        o.setdefault(key, None)
-
-
-def validate(o: dict[str, Any], default_requests: int | None = 100) -> None:
-    """Reject nonsense values with a one-line error naming the flag."""
-    apply_profile(o)
-    for name in ("input_len", "output_len"):
-        _length(o, name)
-    if o.get("shared_prefix_len") is not None and o["shared_prefix_len"] < 0:
-        raise ConfigError(f"--shared-prefix-len must be >= 0, got {o['shared_prefix_len']}")
-    for name in ("duration", "timeout", "read_timeout", "connect_timeout", "window", "burstiness"):
-        if name in o:
-            _positive(name.replace("_", "-"), o[name])
-    for name in ("num_requests", "max_concurrency", "concurrency", "input_len", "output_len"):
-        if o.get(name) is not None and o[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {o[name]}")
-    if o.get("warmup", 0) < 0:
-        raise ConfigError(f"--warmup must be >= 0, got {o['warmup']:g}")
-    if o.get("duration") is not None and o.get("num_requests") is not None:
-        raise ConfigError("give --duration or --num-requests, not both")
-    if o.get("concurrency") is not None and o.get("max_concurrency") is not None:
-        raise ConfigError("--concurrency (closed loop) and --max-concurrency do not go together")
-    if o.get("duration") is None and o.get("num_requests") is None:
-        o["num_requests"] = default_requests
-    rate = o.get("request_rate", math.inf)
-    if math.isinf(rate) and o.get("concurrency") is None and o.get("num_requests") is None:
-        raise ConfigError("--request-rate inf sends everything at once: give --num-requests")
-
-
-def build_config(o: dict[str, Any]) -> RunConfig:
-    """A RunConfig from validated options; the target URL is filled in by `prepared_run`."""
-    plan = LoadPlan(
-        request_rate=o.get("request_rate", math.inf),
-        burstiness=o.get("burstiness", 1.0),
-        max_concurrency=o.get("max_concurrency"),
-        concurrency=o.get("concurrency"),
-        duration_s=o.get("duration"),
-        num_requests=o.get("num_requests"),
-        warmup_s=o.get("warmup", 0.0),
-        seed=o.get("seed", 0),
-    )
-    dataset: tuple[tuple[str, int], ...] = ()
-    if o.get("dataset"):
-        from llmtop.datasets import load_dataset
-
-        dataset = load_dataset(o["dataset"], o.get("dataset_format") or "auto")
-    workload = Workload(
-        o["input_len"],
-        o["output_len"],
-        o["ignore_eos"],
-        o["seed"],
-        input_dist=o.get("input_dist"),
-        output_dist=o.get("output_dist"),
-        shared_prefix_len=o.get("shared_prefix_len") or 0,
-        dataset=str(o.get("dataset") or ""),
-    )
-    timeouts = Timeouts(o["connect_timeout"], o["timeout"], o["read_timeout"])
-    target = Target(
-        o.get("url") or "",
-        o["api"],
-        o["model"],
-        o.get("api_key") or None,
-        parse_headers(o["headers"]),
-    )
-    return RunConfig(
-        target, workload, plan, timeouts=timeouts, window_s=o.get("window", 10.0), dataset=dataset
-    )
-
-
-# Engine arguments a profile may carry that the simulator understands (trtllm's name first).
-_SIM_ARGS = {
-    "max_batch_size": "--max-num-seqs",
-    "max_num_seqs": "--max-num-seqs",
-    "max_num_tokens": "--max-num-batched-tokens",
-    "max_num_batched_tokens": "--max-num-batched-tokens",
-    "enable_chunked_prefill": "--enable-chunked-prefill",
-    "gpu_memory_utilization": "--gpu-memory-utilization",
-    "kv_cache_free_gpu_memory_fraction": "--gpu-memory-utilization",
-}
-
-
-def sim_args_for(engine: dict[str, Any] | None) -> list[str]:
-    """The profile's `[engine] args` the simulator can imitate, as `llmtop sim` flags."""
-    args = (engine or {}).get("args")
-    if not isinstance(args, dict):
-        return []
-    out: list[str] = []
-    for key, value in args.items():
-        flag = _SIM_ARGS.get(key.replace("-", "_").lstrip("_"))
-        if flag is None:
-            continue
-        if isinstance(value, bool):
-            out.append(flag if value else flag.replace("--", "--no-", 1))
-        else:
-            out += [flag, str(value)]
-    return out
-
-
-@contextlib.contextmanager
-def _target_server(
-    url: str | None, sim_engine: str, sim_gpu: str, sim_model: str, extra_args: tuple[str, ...] = ()
-) -> Iterator[tuple[str, dict[str, Any] | None]]:
-    """The given URL, or a simulated engine started for this run and stopped after it."""
-    if url:
-        yield url, None
-        return
-    try:
-        from llmtop.sim.launcher import SimStartError, start_sim
-    except ImportError:
-        raise ConfigError("no --url given and the built-in simulator is not available") from None
-    try:
-        handle = start_sim(engine=sim_engine, gpu=sim_gpu, model=sim_model, extra_args=extra_args)
-    except SimStartError as exc:
-        raise LlmtopError(f"the built-in simulator did not start: {exc}") from None
-    try:
-        yield handle.url, handle.describe()
-    finally:
-        handle.stop()
-
-
 @dataclasses.dataclass(frozen=True)
-class PreparedRun:
-    config: RunConfig
-    extra: dict[str, Any]  # what every JSON / snapshot carries about the target and plan
-    notes: tuple[str, ...]
-    engine: Any = None  # llmtop.engines.detect.EngineInfo
+class RunOptions:
+    """The target, workload and load flags of one run, validated (see `from_params`)."""
 
-    def auth_headers(self) -> dict[str, str]:
-        t = self.config.target
-        h = dict(t.headers)
-        if t.api_key:
-            h["Authorization"] = f"Bearer {t.api_key}"
-        return h
+    # target
+    url: str = ""
+    api: str = "completions"
+    model: str = ""
+    api_key: str | None = dataclasses.field(default=None, repr=False)
+    headers: tuple[str, ...] = ()
+    sim_engine: str = "vllm"
+    sim_gpu: str = "a100-80g"
+    sim_model: str = "llama-3-8b"
+    timeout: float = 600.0
+    read_timeout: float = 120.0
+    connect_timeout: float = 10.0
+    # workload
+    input_len: int | LengthDist = 1024
+    output_len: int | LengthDist = 128
+    dataset: str | None = None
+    dataset_format: str = "auto"
+    shared_prefix_len: int = 0
+    ignore_eos: bool = True
+    seed: int = 0
+    # load plan
+    request_rate: float = math.inf
+    burstiness: float = 1.0
+    max_concurrency: int | None = None
+    concurrency: int | None = None
+    duration: float | None = None
+    num_requests: int | None = None
+    warmup: float = 0.0
+    window: float = 10.0
+    profile: Profile | None = None
 
-    def start_poller(self) -> Any:
-        """Poll the server's own metrics at ~1 Hz in a thread of this (parent) process."""
-        from llmtop.engines.poller import MetricsPoller
+    @classmethod
+    def from_params(
+        cls,
+        params: Mapping[str, Any],
+        ctx: click.Context | None = None,
+        default_requests: int | None = 100,
+    ) -> RunOptions:
+        """Validate click's parameters (extra keys are ignored): one-line errors naming flags."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        o = {k: v for k, v in params.items() if k in names}
+        o["url"] = o.get("url") or ""
+        o["headers"] = tuple(o.get("headers") or ())
+        o["shared_prefix_len"] = o.get("shared_prefix_len") or 0
+        _settle_profile(o, ctx or click.get_current_context(silent=True))
+        opts = cls(**o)
+        opts._check()
+        if opts.duration is None and opts.num_requests is None:
+            opts = dataclasses.replace(opts, num_requests=default_requests)
+        if math.isinf(opts.request_rate) and opts.concurrency is None and opts.num_requests is None:
+            raise ConfigError("--request-rate inf sends everything at once: give --num-requests")
+        return opts
 
-        def warn(message: str) -> None:
-            click.echo(f"llmtop: warning: {message}", err=True)
+    def _check(self) -> None:
+        if self.shared_prefix_len < 0:
+            raise ConfigError(f"--shared-prefix-len must be >= 0, got {self.shared_prefix_len}")
+        for name in ("duration", "timeout", "read_timeout", "connect_timeout", "window"):
+            _positive(name.replace("_", "-"), getattr(self, name))
+        _positive("burstiness", self.burstiness)
+        for name in ("num_requests", "max_concurrency", "concurrency"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("input_len", "output_len"):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup:g}")
+        if self.duration is not None and self.num_requests is not None:
+            raise ConfigError("give --duration or --num-requests, not both")
+        if self.concurrency is not None and self.max_concurrency is not None:
+            raise ConfigError(
+                "--concurrency (closed loop) and --max-concurrency do not go together"
+            )
+        parse_headers(self.headers)
 
-        return MetricsPoller.for_engine(self.engine, self.auth_headers(), on_problem=warn).start()
+    def sim(self) -> SimChoice:
+        return SimChoice(self.sim_engine, self.sim_gpu, self.sim_model)
+
+    def config(self) -> RunConfig:
+        """The RunConfig; the target URL is filled in by `prepared` when the simulator runs."""
+        plan = LoadPlan(
+            request_rate=self.request_rate,
+            burstiness=self.burstiness,
+            max_concurrency=self.max_concurrency,
+            concurrency=self.concurrency,
+            duration_s=self.duration,
+            num_requests=self.num_requests,
+            warmup_s=self.warmup,
+            seed=self.seed,
+        )
+        dataset: tuple[tuple[str, int], ...] = ()
+        if self.dataset:
+            from llmtop.datasets import load_dataset
+
+            dataset = load_dataset(self.dataset, self.dataset_format or "auto")
+        in_dist = self.input_len if isinstance(self.input_len, LengthDist) else None
+        out_dist = self.output_len if isinstance(self.output_len, LengthDist) else None
+        workload = Workload(
+            in_dist.mean if in_dist else int(self.input_len),  # type: ignore[arg-type]
+            out_dist.mean if out_dist else int(self.output_len),  # type: ignore[arg-type]
+            self.ignore_eos,
+            self.seed,
+            input_dist=in_dist,
+            output_dist=out_dist,
+            shared_prefix_len=self.shared_prefix_len,
+            dataset=str(self.dataset or ""),
+        )
+        timeouts = Timeouts(self.connect_timeout, self.timeout, self.read_timeout)
+        target = Target(
+            self.url, self.api, self.model, self.api_key or None, parse_headers(self.headers)
+        )
+        return RunConfig(
+            target, workload, plan, timeouts=timeouts, window_s=self.window, dataset=dataset
+        )
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @contextlib.contextmanager
-def prepared_run(config: RunConfig, o: dict[str, Any]) -> Iterator[PreparedRun]:
-    """Start the simulator if there is no URL, run the preflight, yield the final config."""
-    from llmtop.preflight import preflight
-
-    profile: Profile | None = o.get("profile")
-    sim_extra = sim_args_for(profile.engine if profile else None)
-    with _target_server(o.get("url"), o["sim_engine"], o["sim_gpu"], o["sim_model"], sim_extra) as (
-        url,
-        sim,
-    ):
-        target = dataclasses.replace(config.target, url=url, simulated=sim)
-        config = dataclasses.replace(config, target=target)
-        pre = preflight(config)
-        target = dataclasses.replace(target, model=pre.model)
-        config = dataclasses.replace(
-            config, target=target, dialect=pre.dialect, text_prompts=pre.text_prompts
-        )
-        for note in pre.notes:
-            click.echo(f"llmtop: {note}", err=True)
-        from llmtop.engines.detect import detect_engine
-
-        auth = dict(target.headers)
-        if target.api_key:
-            auth["Authorization"] = f"Bearer {target.api_key}"
-        engine = detect_engine(url, auth)
-        click.echo(f"llmtop: engine: {engine.label}", err=True)
-        extra = {
-            "engine": engine.public(),
-            "config": config.public(),
-            "target": target.public(),
-            "load": config.plan.describe(),
-            "notes": list(pre.notes),
-        }
-        if profile is not None:
-            extra["profile"] = profile.public()
-            if profile.engine:
-                extra["engine_config"] = profile.engine
-        yield PreparedRun(config, extra, pre.notes, engine)
+def prepared(opts: RunOptions, config: RunConfig | None = None) -> Iterator[PreparedRun]:
+    """`setup.prepare` for these options (the simulator when no URL), notes on stderr."""
+    with prepare(config or opts.config(), opts.sim(), opts.profile, echo_err) as prep:
+        yield prep

@@ -1,21 +1,29 @@
-"""`llmtop run`: drive a load session to its end and report, surviving Ctrl-C and SIGTERM."""
+"""`llmtop run`: drive a load to its end headless and report, surviving Ctrl-C and SIGTERM."""
 
 from __future__ import annotations
 
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
+
 from llmtop import __version__
+from llmtop.cli.options import (
+    RunOptions,
+    load_options,
+    parse_slo,
+    prepared,
+    target_options,
+    workload_options,
+)
 from llmtop.config import RunConfig
+from llmtop.errors import LlmtopError
 from llmtop.output.console import ProgressLine, print_summary, write_json_output
 from llmtop.output.exports import RequestLog
-from llmtop.session import LoadSession
+from llmtop.output.snapshot import build_snapshot, save_snapshot
+from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.slo import Slo
-
-STOP_GRACE_S = 5.0
 
 
 @dataclass
@@ -24,26 +32,6 @@ class HeadlessResult:
     interrupted: bool
     failure: str | None = None
     notes: list[str] = field(default_factory=list)
-
-
-class Interrupts:
-    """Counts SIGINT/SIGTERM instead of raising, so results are never lost mid-write."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Interrupts:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._on_signal)
-        return self
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def run_headless(
@@ -60,30 +48,19 @@ def run_headless(
     """Run the load to its end (or to Ctrl-C), then print and save what was measured."""
     session = LoadSession(config, slo, server_sample=server_sample)
     log = RequestLog(requests_path) if requests_path else None
-    interrupted = False
     line = ProgressLine(progress)
+
+    def on_frame(frame: Any) -> None:
+        line.show(frame)
+
     with Interrupts() as interrupts:
         session.start()
         if log is not None:
             log.start_ns = session.start_ns
             session.record_sink = log.on_record
         try:
-            stop_sent_at: float | None = None
-            while not session.finished:
-                frame = session.pump(0.05)
-                if interrupts.count and stop_sent_at is None:
-                    interrupted = True
-                    session.stop(cancel_in_flight=True)
-                    stop_sent_at = time.monotonic()
-                if stop_sent_at is not None and (
-                    interrupts.count > 1 or time.monotonic() - stop_sent_at > STOP_GRACE_S
-                ):
-                    break  # asked twice, or the child does not answer: keep what we have
-                line.show(frame)
-            session.drain_shipped()
+            ended = drive(session, on_frame, interrupts)
         finally:
-            session.close()
-            session.tick(time.perf_counter_ns())
             line.clear()
     if log is not None:
         log.close()
@@ -92,17 +69,75 @@ def run_headless(
     summary = session.summary()
     summary.update(extra)
     summary["llmtop_version"] = __version__
-    summary["interrupted"] = interrupted
+    summary["interrupted"] = ended.interrupted
     if session.stopped is not None:
         summary["stop_reason"] = session.stopped.reason
-    result = HeadlessResult(summary, interrupted, session.failure)
+    result = HeadlessResult(summary, ended.interrupted, session.failure)
     if json_path:
         write_json_output(json_path, summary)
     if save_path:
-        from llmtop.output.snapshot import build_snapshot, save_snapshot
-
         save_snapshot(save_path, build_snapshot(session, extra))
     print_summary(summary, sys.stdout)
     if save_path:
         sys.stdout.write(f"snapshot    {save_path}\n")
     return result
+
+
+@click.command("run")
+@target_options
+@workload_options
+@load_options
+@click.option(
+    "--slo", help="SLO to judge the run by, e.g. 'ttft_p99<=1s,tpot_p99<=20ms,error_rate<=1%'."
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here."
+)
+@click.option(
+    "--save",
+    "save_path",
+    type=click.Path(dir_okay=False),
+    help="Write a snapshot here (for llmtop compare / report).",
+)
+@click.option(
+    "--save-requests",
+    "requests_path",
+    type=click.Path(dir_okay=False),
+    help="Write one JSON line per request here.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Live progress line on stderr (default: on a terminal).",
+)
+def run_command(**o: Any) -> None:
+    """Run a load headless and report TTFT, TPOT, ITL, E2E and throughput."""
+    opts = RunOptions.from_params(o)
+    slo = parse_slo(o.get("slo"))
+    progress = o["progress"] if o["progress"] is not None else sys.stderr.isatty()
+    with prepared(opts) as prep:
+        poller = prep.start_poller(lambda m: click.echo(f"llmtop: warning: {m}", err=True))
+        try:
+            result = run_headless(
+                prep.config,
+                prep.extra,
+                o["json_path"],
+                progress,
+                slo,
+                server_sample=poller.latest,
+                server_samples=poller.finish,
+                save_path=o["save_path"],
+                requests_path=o["requests_path"],
+            )
+        finally:
+            poller.stop()
+    if result.failure:
+        raise LlmtopError(result.failure.splitlines()[0])
+    if result.interrupted:
+        where = f" and in {o['json_path']}" if o["json_path"] else ""
+        click.echo(f"llmtop: interrupted; the results so far are above{where}", err=True)
+        sys.exit(130)
+    s = result.summary
+    if s["completed"] == 0 and s["failed"] > 0:
+        kinds = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
+        raise LlmtopError(f"every request failed ({kinds})")

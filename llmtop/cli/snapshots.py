@@ -6,7 +6,6 @@ plots.py and exports.py. Errors are `LlmtopError`s, so the CLI prints one line.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,8 @@ import click
 
 from llmtop.errors import ConfigError
 from llmtop.output.compare import compare_snapshots, render, snapshot_name
-from llmtop.output.snapshot import _clean, load_snapshot
+from llmtop.output.jsonfile import dumps
+from llmtop.output.snapshot import load_snapshot
 
 
 def _load_all(paths: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -40,7 +40,7 @@ def compare_command(snapshots: tuple[str, ...], as_json: bool, color: bool | Non
     """
     data = compare_snapshots(_load_all(snapshots))
     if as_json:
-        click.echo(json.dumps(_clean(data), indent=2))
+        click.echo(dumps(data))
         return
     use_color = sys.stdout.isatty() if color is None else color
     click.echo(render(data, use_color), color=use_color, nl=False)

@@ -17,12 +17,11 @@ from typing import Any
 import click
 
 from llmtop.cli.options import (
-    build_config,
+    RunOptions,
     load_options,
     parse_slo,
-    prepared_run,
+    prepared,
     target_options,
-    validate,
     workload_options,
 )
 from llmtop.errors import ConfigError, LlmtopError
@@ -99,8 +98,6 @@ def ui_command(ctx: click.Context, target_url: str | None, **o: Any) -> None:
 
 def run_ui(o: dict[str, Any]) -> int:
     """Validate, start the simulator or preflight the server, then run the app to the end."""
-    from llmtop.engines.detect import detect_engine
-    from llmtop.engines.poller import MetricsPoller
     from llmtop.session import LoadSession
     from llmtop.tui.app import create_app
     from llmtop.tui.commands import Stop
@@ -109,21 +106,15 @@ def run_ui(o: dict[str, Any]) -> int:
 
     if o.get("duration") is None and o.get("num_requests") is None:
         o["duration"] = UI_DURATION_S
-    validate(o, default_requests=None)
-    if math.isinf(o.get("request_rate", math.inf)) and o.get("concurrency") is None:
+    opts = RunOptions.from_params(o, default_requests=None)
+    if math.isinf(opts.request_rate) and opts.concurrency is None:
         raise ConfigError("the UI steers a finite rate: give --request-rate N (req/s)")
     if o.get("exit_after") is not None and not o["exit_after"] > 0:
         raise ConfigError("--exit-after must be > 0")
     slo = parse_slo(o.get("slo"))
-    config = build_config(o)
-    with prepared_run(config, o) as prep:
-        target = prep.config.target
-        headers = dict(target.headers)
-        if target.api_key:
-            headers["Authorization"] = f"Bearer {target.api_key}"
-        engine = detect_engine(target.url, headers)
-        poller = MetricsPoller.for_engine(engine, headers)
-        extra = {**prep.extra, "engine": engine.public()}
+    with prepared(opts) as prep:
+        poller = prep.new_poller()
+        extra = prep.extra
         info = RunInfo.from_extra(
             extra,
             prep.config.plan,

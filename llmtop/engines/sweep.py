@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import re
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from llmtop.config import RunConfig
+from llmtop.engines.launch import EngineStartError, launch_engine
 from llmtop.errors import ConfigError, LlmtopError
+from llmtop.output.console import ProgressLine, print_summary
+from llmtop.output.jsonfile import write_json_atomic
+from llmtop.output.snapshot import build_snapshot, save_snapshot
+from llmtop.profiles import Profile
+from llmtop.session import Interrupts, LoadSession, drive
+from llmtop.setup import prepare
 from llmtop.slo import Slo
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=,-]+")
@@ -152,27 +157,17 @@ def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def drive_session(
     config: RunConfig, slo: Slo | None, server_sample: Callable[[], Any] | None, progress: bool
-) -> Any:
-    """Run the load to its end with the server's metrics beside it; the closed LoadSession."""
-    from llmtop.output.console import ProgressLine
-    from llmtop.session import LoadSession
-
-    session = LoadSession(config, slo, server_sample=server_sample)
-    session.start()
+) -> tuple[LoadSession, bool]:
+    """Run the load to its end, the server metrics beside it: (closed session, interrupted)."""
     line = ProgressLine(progress)
-    try:
-        while not session.finished:
-            line.show(session.pump(0.05))
-        session.drain_shipped()
-    except KeyboardInterrupt:
-        session.stop(cancel_in_flight=True)
-        session.wait_stopped(5.0)
-        raise
-    finally:
-        session.close()
-        session.tick(time.perf_counter_ns())
-        line.clear()
-    return session
+    session = LoadSession(config, slo, server_sample=server_sample)
+    with Interrupts() as interrupts:
+        session.start()
+        try:
+            ended = drive(session, lambda f: line.show(f), interrupts)
+        finally:
+            line.clear()
+    return session, ended.interrupted
 
 
 @dataclasses.dataclass
@@ -186,19 +181,11 @@ class SweepResult:
         return [r for r in self.rows if r.get("error")]
 
 
-def _auth_headers(config: RunConfig) -> dict[str, str]:
-    h = dict(config.target.headers)
-    if config.target.api_key:
-        h["Authorization"] = f"Bearer {config.target.api_key}"
-    return h
-
-
 def run_sweep(
     engine: str,
     engine_args: Sequence[str],
     points: Sequence[SweepPoint],
     config: RunConfig,
-    options: dict[str, Any],
     out_dir: str | Path,
     *,
     slo: Slo | None = None,
@@ -210,14 +197,9 @@ def run_sweep(
     progress: bool = False,
     echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     out: TextIO | None = None,
+    profile: Profile | None = None,
 ) -> SweepResult:
     """For each point: start the engine, detect it, load it, snapshot it, stop it."""
-    from llmtop.cli.options import prepared_run
-    from llmtop.engines.detect import detect_engine
-    from llmtop.engines.launch import EngineStartError, launch_engine
-    from llmtop.engines.poller import MetricsPoller
-    from llmtop.output.console import print_summary
-    from llmtop.output.snapshot import build_snapshot, save_snapshot
 
     stdout = out or sys.stdout
     out_path = Path(out_dir)
@@ -227,7 +209,6 @@ def run_sweep(
         raise LlmtopError(f"cannot create --out {out_path}: {exc.strerror or exc}") from None
     rows: list[dict[str, Any]] = []
     snaps: list[Path] = []
-    headers = _auth_headers(config)
     for n, point in enumerate(points, 1):
         args = apply_overrides(engine_args, point.overrides)
         echo(f"llmtop: [{n}/{len(points)}] {point.label}: starting {engine} ...")
@@ -240,24 +221,20 @@ def run_sweep(
             rows.append({"config": point.label, "error": str(exc)})
             continue
         with proc:
-            info = detect_engine(proc.url, headers)
             echo(
-                f"llmtop: [{n}/{len(points)}] {point.label}: {info.label} healthy at "
+                f"llmtop: [{n}/{len(points)}] {point.label}: healthy at "
                 f"{proc.url} after {proc.startup_s or 0:.1f} s"
             )
-            opts = {**options, "url": proc.url}
-            with prepared_run(config, opts) as prep:
-                poller = MetricsPoller.for_engine(
-                    info, headers, on_problem=lambda m: echo(f"llmtop: warning: {m}")
-                )
-                poller.start()
+            target = dataclasses.replace(config.target, url=proc.url)
+            point_config = dataclasses.replace(config, target=target)
+            with prepare(point_config, profile=profile, echo=echo) as prep:
+                poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
                 try:
-                    session = drive_session(prep.config, slo, poller.latest, progress)
-                except BaseException:
-                    poller.stop()
-                    raise
-                session.server_series = poller.finish()
-                extra = {**prep.extra, "engine": info.public()}
+                    session, interrupted = drive_session(prep.config, slo, poller.latest, progress)
+                finally:
+                    session_series = poller.finish()
+                session.server_series = session_series
+                extra = prep.extra
                 snap = build_snapshot(session, extra)
                 snap["sweep"] = {
                     "engine": engine,
@@ -276,8 +253,10 @@ def run_sweep(
                 rows.append(row)
                 print_summary({**snap["summary"], **extra}, stdout)
                 echo(f"llmtop: [{n}/{len(points)}] {point.label}: snapshot {path}")
+                if interrupted:
+                    raise KeyboardInterrupt  # this point is saved; the ones after it never ran
     table = format_comparison(rows)
     stdout.write(table)
     stdout.flush()
-    (out_path / "comparison.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json_atomic(out_path / "comparison.json", rows)
     return SweepResult(rows, snaps, out_path)

@@ -8,7 +8,6 @@ warm-up segment before it and the requests of other steps never mix in.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -17,28 +16,23 @@ from typing import Any, TextIO
 
 from hdrh.histogram import HdrHistogram
 
-from llmtop import __version__
-from llmtop.cli.run import Interrupts
 from llmtop.config import RunConfig
+from llmtop.knee.document import knee_document, print_knee, step_line
 from llmtop.knee.search import (
     Done,
     Drain,
     KneePlan,
     KneeResult,
     KneeSearch,
-    KneeStep,
     LimitObs,
     SetLoad,
     StepObs,
-    quantile_ci_ranks,
-    steps_table,
 )
-from llmtop.metrics.collector import Step, error_rate, step_summary
+from llmtop.metrics.collector import Step, error_rate
 from llmtop.output.console import write_json_output
-from llmtop.session import LoadSession
+from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.slo import RATE_METRICS, Slo, histogram_value_ms
 
-STOP_GRACE_S = 5.0
 OBSERVE_EVERY_S = 0.25
 
 
@@ -143,29 +137,6 @@ def observe_step(
     )
 
 
-def percentile_ci_ms(step: Step, slo: Slo, alpha: float) -> list[dict[str, Any]]:
-    """Order-statistic (distribution-free) confidence interval of each percentile limit."""
-    out = []
-    hists = _hists(step)
-    for limit in slo.limits:
-        pct = limit.percentile
-        h = hists.get(limit.metric)
-        if pct is None or h is None:
-            continue
-        n = h.get_total_count()
-        lo_r, hi_r = quantile_ci_ranks(n, pct / 100, alpha)
-        out.append(
-            {
-                "limit": limit.text,
-                "n": n,
-                "level": 1 - alpha,
-                "low_ms": h.get_value_at_percentile(100 * lo_r / n) / 1000 if lo_r else None,
-                "high_ms": h.get_value_at_percentile(100 * hi_r / n) / 1000 if hi_r else None,
-            }
-        )
-    return out
-
-
 # -- the run ------------------------------------------------------------------------------
 @dataclass
 class KneeRun:
@@ -236,28 +207,9 @@ class KneeRunner:
         for step in self.search.steps[self._reported :]:
             if step.verdict is None:
                 break
-            self.log.write(_step_line(step, self.plan) + "\n")
+            self.log.write(step_line(step, self.plan) + "\n")
             self.log.flush()
             self._reported += 1
-
-
-def _step_line(step: KneeStep, plan: KneePlan) -> str:
-    o = step.obs or StepObs()
-    unit = "req/s" if plan.mode == "rate" else "concurrent"
-    limits = ", ".join(
-        f"{lo.text.split('<')[0]} {lo.value:,.1f}{'ms' if lo.kind != 'rate' else ''}"
-        if lo.kind != "rate"
-        else f"error rate {lo.value:.1%}"
-        for lo in o.limits
-        if not math.isnan(lo.value)
-    )
-    flag = "  [" + "; ".join(step.warnings) + "]" if step.warnings else ""
-    if step.note:
-        flag += f"  ({step.note})"
-    return (
-        f"knee: step {step.index} {step.value:g} {unit} ({step.phase}) -> {step.verdict}"
-        f" ({step.basis}, {o.completed} done, {step.measured_s:.1f} s)  {limits}{flag}"
-    )
 
 
 def run_knee(
@@ -275,43 +227,36 @@ def run_knee(
     log = log if log is not None else sys.stderr
     session = LoadSession(config, slo)
     runner = KneeRunner(session, plan, log)
-    interrupted = False
     result: KneeResult | None = None
+    next_obs = 0.0
+
+    def on_frame(frame: Any) -> bool:
+        """One observation every OBSERVE_EVERY_S; True (stop the load) once the search ends."""
+        nonlocal result, next_obs
+        if result is not None:
+            return True
+        if time.monotonic() < next_obs:
+            return False
+        next_obs = time.monotonic() + OBSERVE_EVERY_S
+        d = runner.search.observe(runner._now_s(), runner.observation())
+        runner.report_new()
+        if isinstance(d, Done):
+            result = d.result
+            return True
+        runner.apply(d)
+        return False
+
     with Interrupts() as interrupts:
         session.start()
-        try:
-            runner.apply(runner.search.start(runner._now_s()))
-            next_obs = time.monotonic()
-            while result is None:
-                session.pump(0.05)
-                if interrupts.count:
-                    interrupted = True
-                    result = runner.search.stop(runner._now_s(), "interrupted").result
-                    break
-                if session.finished:
-                    why = session.failure or "the load process stopped"
-                    result = runner.search.stop(runner._now_s(), why).result
-                    break
-                if time.monotonic() < next_obs:
-                    continue
-                next_obs = time.monotonic() + OBSERVE_EVERY_S
-                d = runner.search.observe(runner._now_s(), runner.observation())
-                runner.report_new()
-                if isinstance(d, Done):
-                    result = d.result
-                else:
-                    runner.apply(d)
-            runner.report_new()
-            session.stop(cancel_in_flight=True)
-            deadline = time.monotonic() + STOP_GRACE_S
-            while not session.finished and time.monotonic() < deadline and interrupts.count < 2:
-                session.pump(0.05)
-            session.drain_shipped()
-        finally:
-            session.close()
-            session.tick(time.perf_counter_ns())
+        runner.apply(runner.search.start(runner._now_s()))
+        ended = drive(session, on_frame, interrupts)
+    interrupted = ended.interrupted and result is None
+    if result is None:
+        why = "interrupted" if interrupted else session.failure or "the load process stopped"
+        result = runner.search.stop(runner._now_s(), why).result
+    runner.report_new()
     assert result is not None
-    data = knee_document(session, runner, result, slo, plan, extra)
+    data = knee_document(session, runner.judged, result, slo, plan, extra)
     data["interrupted"] = interrupted
     if json_path:
         write_json_output(json_path, data)
@@ -322,105 +267,3 @@ def run_knee(
         save_snapshot(save_path, snap)
     print_knee(data, result, plan, out)
     return KneeRun(result, data, interrupted, session.failure)
-
-
-def knee_document(
-    session: LoadSession,
-    runner: KneeRunner,
-    result: KneeResult,
-    slo: Slo,
-    plan: KneePlan,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """The --json document: the knee, every step, the SLO, the plan and the target."""
-    now = time.perf_counter_ns()
-    steps = []
-    collector_steps = session.collector.steps
-    for ks in result.steps:
-        d = ks.as_dict()
-        idx = runner.judged.get(ks.index)
-        if idx is not None and idx < len(collector_steps):
-            cs = collector_steps[idx]
-            final = step_summary(cs, slo, now)  # with the stragglers that came back later
-            d["collector_step"] = idx
-            for key in (
-                "duration_s",
-                "completed",
-                "failed",
-                "request_throughput",
-                "output_throughput",
-                "goodput",
-                "error_rate",
-                "slo",
-                "slo_ok",
-            ):
-                if key in final:
-                    d[key] = final[key]
-            for m in ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait"):
-                d[f"{m}_ms"] = final[f"{m}_ms"]
-            d["percentile_ci"] = percentile_ci_ms(cs, slo, plan.alpha)
-        steps.append(d)
-    knee = result.as_dict()
-    if result.knee_step is not None:
-        ks = next((s for s in steps if s["index"] == result.knee_step.index), None)
-        if ks is not None:
-            for key in ("request_throughput", "output_throughput", "goodput"):
-                knee[key] = ks.get(key)
-            knee["slo_values"] = ks.get("slo")
-            knee["percentile_ci"] = ks.get("percentile_ci")
-    best = max(
-        (s for s in steps if s["verdict"] == "good" and s.get("output_throughput") is not None),
-        key=lambda s: s["output_throughput"] or 0.0,
-        default=None,
-    )
-    knee["best_output_throughput_step"] = best["index"] if best else None
-    plan_d = dataclasses.asdict(plan)
-    doc: dict[str, Any] = {
-        "knee": knee,
-        "steps": steps,
-        "slo": slo.text,
-        "plan": plan_d,
-        "summary": session.summary(),
-        "llmtop_version": __version__,
-    }
-    doc.update({k: v for k, v in extra.items() if k not in doc})
-    return doc
-
-
-def print_knee(data: dict[str, Any], result: KneeResult, plan: KneePlan, out: TextIO) -> None:
-    lines = ["", f"knee search  SLO {data['slo']}  ({result.reason})", ""]
-    lines.extend(steps_table(result.steps, plan.mode))
-    lines.append("")
-    k = data["knee"]
-    unit = "req/s" if plan.mode == "rate" else "concurrent requests"
-    if k["value"] is None:
-        lines.append(f"knee        none: {result.reason}")
-    else:
-        lines.append(
-            f"knee        {k['value']:g} {unit}   "
-            f"{_f(k.get('request_throughput'))} req/s   "
-            f"{_f(k.get('output_throughput'), 0)} output tok/s"
-            f"   goodput {_f(k.get('goodput'))} req/s"
-        )
-    lines.append(
-        f"confidence  {k['confidence']}" + ("" if result.complete else " (search not finished)")
-    )
-    lines.extend(f"            {n}" for n in k["confidence_notes"])
-    for ci in k.get("percentile_ci") or []:
-        lo = "-" if ci["low_ms"] is None else f"{ci['low_ms']:,.1f}"
-        hi = "too few samples" if ci["high_ms"] is None else f"{ci['high_ms']:,.1f}"
-        lines.append(
-            f"            {ci['limit']}: {ci['level']:.0%} interval [{lo}, {hi}] ms"
-            f" from {ci['n']} samples"
-        )
-    for w in k["warnings"]:
-        lines.append(f"warning     {w}")
-    lines.append(f"took        {result.duration_s:.1f} s")
-    out.write("\n".join(lines) + "\n")
-    out.flush()
-
-
-def _f(v: Any, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:,.{digits}f}"

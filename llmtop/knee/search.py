@@ -27,7 +27,7 @@ Decisions:
 `observe` is fed `StepObs`: the judged step's completed / failed counts, a `LimitObs` per SLO
 limit (sample count, samples beyond the threshold, point value), the step's E2E p99 and max,
 client-side indicators (send slip p99, slot wait p99, load-process CPU) and the requests in
-flight right now. `limit_obs_from_counts` and `quantile_ci_ranks` help build and explain them.
+flight right now. `llmtop.knee.stats` holds the statistics (`judge_limit`, `quantile_ci_ranks`).
 
 The rules (docs/knee.md says why):
 - Every step starts with a warm-up segment that is not judged: `warmup_s = clamp(E2E max of
@@ -50,372 +50,35 @@ The rules (docs/knee.md says why):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
 
-Mode = Literal["rate", "concurrency"]
+from llmtop.knee.model import (
+    Decision,
+    Done,
+    Drain,
+    Hold,
+    KneePlan,
+    KneeResult,
+    KneeStep,
+    Mode,
+    SetLoad,
+    StepObs,
+)
+from llmtop.knee.stats import LimitObs, judge_limit
 
-
-# -- statistics (pure) --------------------------------------------------------------------
-def binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), exact (log space), no scipy."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
-        return 1.0
-    if p >= 1.0:
-        return 0.0
-    lp, lq = math.log(p), math.log1p(-p)
-    lgn = math.lgamma(n + 1)
-    total = 0.0
-    for i in range(k + 1):
-        total += math.exp(lgn - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
-    return min(total, 1.0)
-
-
-def binom_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    return 1.0 - binom_cdf(k - 1, n, p) if k > 0 else 1.0
-
-
-def quantile_ci_ranks(n: int, q: float, alpha: float = 0.05) -> tuple[int | None, int | None]:
-    """Distribution-free (order-statistic) confidence interval for the q-quantile.
-
-    Returns 1-based ranks (lo, hi) of the sorted sample such that
-    P(x_(lo) <= true quantile <= x_(hi)) >= 1 - alpha; None where the sample is too small
-    to bound that side (e.g. the upper bound of a p99 from fewer than ~300 samples).
-    """
-    if n <= 0:
-        return None, None
-    half = alpha / 2
-    lo: int | None = None
-    # largest lo with P(Bin(n, q) >= lo) >= 1 - alpha/2
-    for r in range(int(n * q), 0, -1):
-        if binom_sf(r, n, q) >= 1 - half:
-            lo = r
-            break
-    hi: int | None = None
-    for r in range(max(math.ceil(n * q), 1), n + 1):
-        if binom_cdf(r - 1, n, q) >= 1 - half:
-            hi = r
-            break
-    return lo, hi
-
-
-def min_samples_for_pass(q: float, alpha: float = 0.05) -> int:
-    """The fewest samples that can confirm `pQ <= L` (with no sample above L)."""
-    p0 = 1.0 - q
-    if p0 <= 0:
-        return 1
-    return math.ceil(math.log(alpha) / math.log1p(-p0))
-
-
-# -- observations -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LimitObs:
-    """One SLO limit on the judged step."""
-
-    text: str  # "ttft_p99<=1s"
-    kind: Literal["quantile", "mean", "max", "rate", "other"]
-    threshold: float  # ms for latencies, a fraction for rates
-    value: float  # point estimate (ms or fraction); NaN when nothing measured
-    n: int  # samples (completed requests for latencies, done requests for rates)
-    exceed: int = 0  # samples beyond the threshold (failures for error_rate)
-    q: float | None = None  # quantile as a fraction (0.99); the allowed fraction for rates
-    stddev: float = math.nan  # for mean limits (ms)
-    upper: bool = True  # an upper bound (<=, <); lower bounds are judged on the point value
-
-    @property
-    def point_ok(self) -> bool:
-        if math.isnan(self.value):
-            return True
-        if self.upper:
-            return self.value <= self.threshold
-        return self.value >= self.threshold
-
-    @property
-    def ratio(self) -> float:
-        if not self.threshold or math.isnan(self.value):
-            return 0.0 if not self.value or math.isnan(self.value) else math.inf
-        return self.value / self.threshold
-
-
-def limit_obs_from_counts(
-    text: str,
-    kind: str,
-    threshold: float,
-    value: float,
-    n: int,
-    exceed: int,
-    q: float | None = None,
-    stddev: float = math.nan,
-    upper: bool = True,
-) -> LimitObs:
-    return LimitObs(text, kind, threshold, value, n, exceed, q, stddev, upper)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class StepObs:
-    """What the runner saw of the judged step (and of the load right now)."""
-
-    completed: int = 0
-    failed: int = 0
-    limits: tuple[LimitObs, ...] = ()
-    e2e_p99_s: float = math.nan
-    e2e_max_s: float = math.nan
-    send_slip_p99_ms: float = math.nan
-    slot_wait_p99_ms: float = math.nan
-    client_cpu: float = math.nan  # load-process CPU seconds per wall second
-    in_flight: int = 0  # requests in flight or queued for a slot now, all steps together
-    request_throughput: float = math.nan
-    output_throughput: float = math.nan
-    goodput: float = math.nan
-
-    @property
-    def error_rate(self) -> float:
-        done = self.completed + self.failed
-        return self.failed / done if done else 0.0
-
-
-# -- the plan and the decisions -----------------------------------------------------------
-@dataclass(frozen=True)
-class KneePlan:
-    mode: Mode = "rate"
-    start: float = 1.0
-    factor: float = 2.0
-    max_value: float = 1000.0
-    min_value: float | None = None  # lowest value tried when the start breaches already
-    resolution: float = 0.05
-    min_step_s: float = 6.0  # measured part of a step, at least
-    max_step_s: float = 20.0  # ... at most
-    min_requests: int = 20  # completed requests before a pass (and a point verdict) counts
-    min_breach_requests: int = 5
-    alpha: float = 0.05  # 1 - confidence of the binomial verdicts
-    probe_margin: float = 0.5  # ramp steps pass early when every value <= margin × limit...
-    probe_min_s: float = 3.0  # ...after this long
-    probe_min_requests: int = 5  # ...and this many completed requests
-    warmup_first_s: float = 3.0
-    warmup_min_s: float = 2.0
-    warmup_max_s: float = 20.0
-    drain_timeout_s: float = 60.0
-    error_surge: float = 0.2  # a step with this error rate ends the search
-    slip_warn_ms: float = 10.0  # client-limited warning: send slip p99 above this...
-    slip_warn_frac: float = 0.05  # ...or above this fraction of the tightest latency limit
-    slot_warn_ms: float = 10.0
-    cpu_warn: float = 0.9
-    verify: bool = False  # repeat the knee step once before answering
-    backlog_ok: float = 1.5  # a pass needs in flight <= this × rate × E2E p99 (+ slack)...
-    backlog_breach: float = 3.0  # ...and a step with more than this is over capacity
-    backlog_slack: int = 4
-    retry_client_limited: bool = True  # a breach while the client lagged is measured again
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("rate", "concurrency"):
-            raise ValueError(f"mode must be 'rate' or 'concurrency', not {self.mode!r}")
-        if not self.start > 0:
-            raise ValueError("the start value must be > 0")
-        if not self.factor > 1:
-            raise ValueError("the step factor must be > 1")
-        if not self.max_value >= self.start:
-            raise ValueError("the maximum must be at least the start value")
-        if not 0 < self.resolution < 1:
-            raise ValueError("the resolution must be between 0 and 1 (e.g. 0.05)")
-        if not 0 < self.min_step_s <= self.max_step_s:
-            raise ValueError("need 0 < min step time <= max step time")
-        if self.mode == "concurrency" and (self.start != int(self.start)):
-            raise ValueError("a concurrency search starts at an integer")
-
-    @property
-    def floor(self) -> float:
-        if self.min_value is not None:
-            return self.min_value
-        return 1.0 if self.mode == "concurrency" else self.start / self.factor**6
-
-
-@dataclass(frozen=True)
-class SetLoad:
-    value: float
-    label: str
-    measure: bool
-    phase: str  # "warmup" | "measure"
-
-
-@dataclass(frozen=True)
-class Drain:
-    label: str
-
-
-@dataclass(frozen=True)
-class Hold:
-    reason: str = ""
-
-
-@dataclass
-class KneeStep:
-    """One step of the search (a value held for a warm-up and a judged stretch)."""
-
-    index: int
-    value: float
-    phase: str  # "ramp" | "bisect" | "down" | "verify" | "retry"
-    label: str
-    started_s: float
-    measure_from_s: float | None = None
-    ended_s: float | None = None
-    verdict: str | None = None  # "good" | "bad" | None while running / when interrupted
-    basis: str = ""  # "confident" | "probe" | "max hold" | "error surge" | "no data"
-    p_value: float | None = None  # of the verdict's test (smallest over limits)
-    rechecked: bool = False
-    flipped: bool = False
-    obs: StepObs | None = None
-    warnings: list[str] = field(default_factory=list)  # client-limited indicators only
-    note: str = ""
-
-    @property
-    def measured_s(self) -> float:
-        if self.measure_from_s is None:
-            return 0.0
-        return max((self.ended_s or self.measure_from_s) - self.measure_from_s, 0.0)
-
-    def as_dict(self) -> dict[str, Any]:
-        o = self.obs or StepObs()
-        return {
-            "index": self.index,
-            "value": self.value,
-            "phase": self.phase,
-            "label": self.label,
-            "verdict": self.verdict,
-            "basis": self.basis,
-            "p_value": self.p_value,
-            "flipped": self.flipped,
-            "measured_s": self.measured_s,
-            "completed": o.completed,
-            "failed": o.failed,
-            "error_rate": o.error_rate,
-            "request_throughput": o.request_throughput,
-            "output_throughput": o.output_throughput,
-            "goodput": o.goodput,
-            "e2e_p99_s": o.e2e_p99_s,
-            "send_slip_p99_ms": o.send_slip_p99_ms,
-            "slot_wait_p99_ms": o.slot_wait_p99_ms,
-            "client_cpu": o.client_cpu,
-            "limits": [
-                {
-                    "limit": lo.text,
-                    "value": lo.value,
-                    "n": lo.n,
-                    "exceed": lo.exceed,
-                    "ok": lo.point_ok,
-                }
-                for lo in o.limits
-            ],
-            "warnings": list(self.warnings),
-            "note": self.note,
-        }
-
-
-@dataclass
-class KneeResult:
-    mode: Mode
-    knee: float | None  # highest value that met the SLO (None: not even the lowest did)
-    first_bad: float | None  # lowest value that broke it (None: never broke)
-    reason: str  # why the search ended
-    confidence: str  # "high" | "medium" | "low" | "none"
-    confidence_notes: list[str]
-    client_limited: bool
-    warnings: list[str]
-    steps: list[KneeStep]
-    knee_step: KneeStep | None
-    duration_s: float
-    complete: bool  # False when stopped before the search converged
-
-    def as_dict(self) -> dict[str, Any]:
-        o = self.knee_step.obs if self.knee_step and self.knee_step.obs else None
-        unit = "req/s" if self.mode == "rate" else "concurrent requests"
-        return {
-            "mode": self.mode,
-            "unit": unit,
-            "value": self.knee,
-            "rate": self.knee if self.mode == "rate" else None,
-            "concurrency": self.knee if self.mode == "concurrency" else None,
-            "first_bad": self.first_bad,
-            "request_throughput": o.request_throughput if o else None,
-            "output_throughput": o.output_throughput if o else None,
-            "goodput": o.goodput if o else None,
-            "reason": self.reason,
-            "complete": self.complete,
-            "confidence": self.confidence,
-            "confidence_notes": list(self.confidence_notes),
-            "client_limited": self.client_limited,
-            "warnings": list(self.warnings),
-            "duration_s": self.duration_s,
-            "knee_step": self.knee_step.index if self.knee_step else None,
-        }
-
-
-@dataclass(frozen=True)
-class Done:
-    result: KneeResult
-
-
-Decision = SetLoad | Drain | Hold | Done
-
-
-# -- verdicts -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Verdict:
-    state: Literal["breach", "pass", "undecided"]
-    confident: bool
-    p_value: float | None
-
-
-def judge_limit(lo: LimitObs, alpha: float, min_requests: int) -> Verdict:
-    """Confident breach / confident pass / undecided, for one limit on the data so far."""
-    if lo.n <= 0 or math.isnan(lo.value):
-        return Verdict("undecided", False, None)
-    if not lo.upper:  # lower bounds: point value only
-        return Verdict("pass" if lo.point_ok else "breach", False, None)
-    if lo.kind in ("quantile", "rate") and lo.q is not None:
-        p0 = (1.0 - lo.q) if lo.kind == "quantile" else lo.q
-        p0 = min(max(p0, 0.0), 1.0)
-        if p0 <= 0.0:  # error_rate<=0 / p100: any exceedance breaks it, none confirms nothing
-            if lo.exceed > 0:
-                return Verdict("breach", True, 0.0)
-            return Verdict("pass", lo.n >= min_requests, None)
-        p_breach = binom_sf(lo.exceed, lo.n, p0)
-        if p_breach <= alpha:
-            return Verdict("breach", True, p_breach)
-        p_pass = binom_cdf(lo.exceed, lo.n, p0)
-        if p_pass <= alpha:
-            return Verdict("pass", True, p_pass)
-        return Verdict("undecided", False, min(p_breach, p_pass))
-    if lo.kind == "max":
-        if lo.exceed > 0 or not lo.point_ok:
-            return Verdict("breach", True, 0.0)
-        return Verdict("pass", lo.n >= min_requests, None)
-    if lo.kind == "mean" and not math.isnan(lo.stddev) and lo.n >= 2:
-        z = _z(1 - alpha)
-        se = lo.stddev / math.sqrt(lo.n)
-        if lo.value - z * se > lo.threshold:
-            return Verdict("breach", True, None)
-        if lo.value + z * se <= lo.threshold:
-            return Verdict("pass", True, None)
-        return Verdict("undecided", False, None)
-    return Verdict("undecided", False, None)
-
-
-def _z(p: float) -> float:
-    """Normal quantile (Acklam-free bisection on erf; p in (0.5, 1))."""
-    lo, hi = 0.0, 10.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+__all__ = [
+    "Decision",
+    "Done",
+    "Drain",
+    "Hold",
+    "KneePlan",
+    "KneeResult",
+    "KneeSearch",
+    "KneeStep",
+    "LimitObs",
+    "Mode",
+    "SetLoad",
+    "StepObs",
+]
 
 
 # -- the machine --------------------------------------------------------------------------
@@ -897,42 +560,3 @@ class KneeSearch:
             complete=complete,
         )
         return Done(self.result)
-
-
-def with_plan(search: KneeSearch, **changes: Any) -> KneePlan:
-    """A copy of the search's plan with changes (for UIs that let the operator tweak it)."""
-    return replace(search.plan, **changes)
-
-
-def steps_table(steps: Sequence[KneeStep], mode: Mode = "rate") -> list[str]:
-    """Plain-text table of the steps (headless output and logs)."""
-    unit = "req/s" if mode == "rate" else "conc"
-    head = (
-        f"{'#':>3} {unit:>8} {'phase':<7} {'verdict':<8} {'basis':<11} {'done':>6}"
-        f" {'fail':>5} {'req/s':>8} {'tok/s':>9} {'good/s':>8}  limits"
-    )
-    lines = [head]
-    for s in steps:
-        o = s.obs or StepObs()
-        lim = "  ".join(
-            f"{lo.text.split('<')[0].split('>')[0]}={_fmt_val(lo)}{'' if lo.point_ok else '!'}"
-            for lo in o.limits
-        )
-        lines.append(
-            f"{s.index:>3} {s.value:>8g} {s.phase:<7} {s.verdict or '-':<8} {s.basis or '-':<11}"
-            f" {o.completed:>6} {o.failed:>5} {_num(o.request_throughput):>8}"
-            f" {_num(o.output_throughput, 0):>9} {_num(o.goodput):>8}  {lim}"
-        )
-    return lines
-
-
-def _num(v: float, digits: int = 2) -> str:
-    return "-" if v is None or math.isnan(v) else f"{v:,.{digits}f}"
-
-
-def _fmt_val(lo: LimitObs) -> str:
-    if math.isnan(lo.value):
-        return "-"
-    if lo.kind == "rate":
-        return f"{lo.value:.1%}"
-    return f"{lo.value:,.1f}ms" if lo.value < 1000 else f"{lo.value / 1000:,.2f}s"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from llmtop.metrics.collector import MetricSummary
@@ -33,7 +33,6 @@ class Telemetry:
     load_cpu_s: float
     precise_pacer: bool
     connections: int
-    interval_histograms: dict[str, bytes] = field(default_factory=dict)
     goodput: float | None = None  # req/s within every per-request limit (None: no SLO)
     slo: tuple[LimitResult, ...] = ()  # the SLO judged over the window
     step_index: int = 0

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from llmtop.errors import LlmtopError
 from llmtop.metrics.telemetry import Telemetry
+from llmtop.output.jsonfile import write_json_atomic
 
 TABLE_METRICS = (
     ("ttft_ms", "TTFT", "send → first generated token"),
@@ -138,36 +136,6 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
             "LLMTOP_RX_STAMPS=user), not the kernel's: under heavy load they run late"
         )
     out.write("\n".join(lines) + "\n")
-
-
-def _clean(obj: Any) -> Any:
-    """JSON has no NaN/inf: write null / "inf"."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        if math.isinf(obj):
-            return "inf"
-        return obj
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json_output(path: str | Path, data: Any) -> None:

@@ -12,20 +12,21 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import json
-import math
-import os
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
 from llmtop import __version__
 from llmtop.errors import LlmtopError
 from llmtop.metrics.collector import METRICS, Interval, new_histogram
+from llmtop.output.jsonfile import write_json_atomic
+
+if TYPE_CHECKING:
+    from llmtop.session import LoadSession
 
 FORMAT = "llmtop-snapshot"
 VERSION = 1
@@ -128,7 +129,7 @@ def _engine_of(extra: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def build_snapshot(
-    session: Any,
+    session: LoadSession,
     extra: dict[str, Any],
     knee: dict[str, Any] | None = None,
     label: str | None = None,
@@ -138,7 +139,7 @@ def build_snapshot(
 
     collector = session.collector
     now = time.perf_counter_ns()
-    start_ns = getattr(session, "start_ns", 0) or now
+    start_ns = session.start_ns or now
     steps = []
     for step in collector.steps:
         s = step_summary(step, session.slo, now)
@@ -147,9 +148,8 @@ def build_snapshot(
         s["end_s"] = round((end - start_ns) / 1e9, 3)
         s["histograms"] = step_histograms(step)
         steps.append(s)
-    recorder = getattr(session, "interval_recorder", None)
-    if recorder is not None:
-        recorder.flush()
+    recorder = session.interval_recorder
+    recorder.flush()
     config = extra.get("config") or {}
     target = extra.get("target") or {}
     engine = _engine_of(extra)
@@ -177,51 +177,21 @@ def build_snapshot(
         "histogram_unit": "us",
         "histograms": {m: encode_histogram(collector.cumulative[m]) for m in METRICS},
         "steps": steps,
-        "intervals": list(recorder.intervals) if recorder is not None else [],
+        "intervals": list(recorder.intervals),
         "series": [p.as_dict() for p in session.series],
-        "server_series": list(getattr(session, "server_series", None) or []),
+        "server_series": list(session.server_series),
         "knee": knee,
         "notes": list(extra.get("notes", [])),
     }
 
 
-def _clean(obj: Any) -> Any:
-    """JSON has no NaN/inf: write null / "inf"."""
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return None
-        return ("inf" if obj > 0 else "-inf") if math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def save_snapshot(path: str | Path, snap: dict[str, Any]) -> Path:
     """Write atomically (temporary file, fsync, rename): a crash never leaves half a file."""
-    path = Path(path)
-    tmp: str | None = None
+    body = {k: v for k, v in snap.items() if not k.startswith("_")}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            body = {k: v for k, v in snap.items() if not k.startswith("_")}
-            json.dump(_clean(body), f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a snapshot is meant to be shared
-        os.replace(tmp, path)
-        tmp = None
+        return write_json_atomic(path, body, indent=1)
     except OSError as exc:
         raise SnapshotError(f"cannot write snapshot {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 # -- older layouts ----------------------------------------------------------------------

@@ -15,20 +15,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmtop.config import LoadPlan, RunConfig, Target, Workload
+
 RAMP = (2.0, 4.0, 8.0, 12.0, 16.0, 24.0)
 SLO = "ttft_p99<=300ms,tpot_p99<=40ms"
 
 
-def options(**kw: Any) -> dict[str, Any]:
-    o: dict[str, Any] = dict(
-        url=None, api="completions", model="", api_key=None, headers=(), sim_engine="vllm",
-        sim_gpu="a100-80g", sim_model="llama-3-8b", timeout=600.0, read_timeout=120.0,
-        connect_timeout=10.0, input_len=1024, output_len=256, ignore_eos=True, seed=0,
-        request_rate=RAMP[0], burstiness=1.0, max_concurrency=None, concurrency=None,
-        duration=86400.0, num_requests=None, warmup=0.0, window=6.0, profile=None,
-    )  # fmt: skip
-    o.update(kw)
-    return o
+def run_config() -> RunConfig:
+    """The screenshot run: 1024 in / 256 out, starting at the ramp's first rate, no end."""
+    return RunConfig(
+        Target(""),
+        Workload(1024, 256),
+        LoadPlan(request_rate=RAMP[0], duration_s=86400.0),
+        window_s=6.0,
+    )
 
 
 async def _drive(app: Any, out: Path, hold: float) -> None:
@@ -56,10 +56,8 @@ async def _drive(app: Any, out: Path, hold: float) -> None:
 
 
 def main() -> None:
-    from llmtop.cli.options import build_config, prepared_run, validate
-    from llmtop.engines.detect import detect_engine
-    from llmtop.engines.poller import MetricsPoller
     from llmtop.session import LoadSession
+    from llmtop.setup import prepare
     from llmtop.slo import Slo
     from llmtop.tui.app import create_app
     from llmtop.tui.model import RunInfo
@@ -71,13 +69,10 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    o = options()
-    validate(o, default_requests=None)
     slo = Slo.parse(SLO)
-    with prepared_run(build_config(o), o) as prep:
-        engine = detect_engine(prep.config.target.url)
-        poller = MetricsPoller.for_engine(engine).start()
-        extra = {**prep.extra, "engine": engine.public()}
+    with prepare(run_config()) as prep:
+        poller = prep.start_poller()
+        extra = prep.extra
         info = RunInfo.from_extra(extra, prep.config.plan, slo)
         driver = SessionDriver(
             lambda: LoadSession(prep.config, slo, server_sample=poller.latest), extra

@@ -1,7 +1,8 @@
 """The one thread that drives the `LoadSession`; the UI talks to it only through a queue.
 
 Timing is sacred: the load runs in its own process (LoadSession starts it), and this thread
-only reads telemetry from it, applies the operator's commands between pumps, and posts
+only drives it (`llmtop.session.drive`, the one loop every command uses), applies the
+operator's commands between pumps, and posts
 immutable frames to the app. Every session call (start, pump, set_rate, snapshot...) happens
 here, so no lock is needed and no widget ever touches the session or its deques.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 from textual.message import Message
 
+from llmtop.metrics.telemetry import Telemetry
+from llmtop.session import drive
 from llmtop.tui import commands as cmd
 from llmtop.tui.messages import (
     CommandApplied,
@@ -32,10 +35,8 @@ from llmtop.tui.messages import (
 )
 from llmtop.tui.model import StepPoint, format_rate, step_point
 
-PUMP_S = 0.05  # the longest a command waits before the worker sees it
 STEPS_EVERY_S = 1.0
 SETTLED_S = 30.0  # a step ended this long ago no longer changes enough to recompute
-STOP_GRACE_S = 5.0
 
 
 class SessionDriver:
@@ -59,6 +60,7 @@ class SessionDriver:
         self._post: Callable[[Message], object] = lambda m: None
         self._steps_cache: dict[int, StepPoint] = {}
         self._knee: Any = None
+        self._next_steps = 0.0
 
     # -- the UI side --------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
@@ -77,7 +79,7 @@ class SessionDriver:
         self.session.start()
 
     def run(self, post: Callable[[Message], object]) -> None:
-        """The worker body: pump until Stop, then stop the load and keep its results."""
+        """The worker body: drive the session until Stop, then keep its results."""
         self._post = post
         session = self.session
         saved: str | None = None
@@ -85,51 +87,41 @@ class SessionDriver:
             if session is None:
                 raise RuntimeError("SessionDriver.start() was not called")
             post(LoadStarted(session.process.pid))
-            self._loop(session)
-            if not session.finished:
-                session.stop(cancel_in_flight=True)
-                session.wait_stopped(STOP_GRACE_S)
-            session.drain_shipped()
+            ended = drive(session, self._on_frame)
+            post(TelemetryReceived(ended.final))
+            self._post_steps(session)
+            if not ended.stopped_by_caller:  # the load ended by itself: the UI stays up
+                reason = session.stopped.reason if session.stopped else "failed"
+                post(LoadStopped(reason, session.failure))
+                self._serve_until_stop(session)
         except Exception as exc:  # the UI shows it; the terminal must still be restored
             post(LoadStopped("failed", f"{type(exc).__name__}: {exc}"))
         finally:
-            if session is not None:
-                with contextlib.suppress(Exception):
-                    session.close()
-                with contextlib.suppress(Exception):
-                    post(TelemetryReceived(session.tick(time.perf_counter_ns())))
-                    self._post_steps(session)
-                if self.save_path:
-                    saved = self.saved = self._save(session, self.save_path)
+            if session is not None and self.save_path:
+                saved = self.saved = self._save(session, self.save_path)
             post(LoadClosed(saved))
             self.done.set()
 
-    def _loop(self, session: Any) -> None:
-        reported_stop = False
-        next_steps = 0.0
-        while True:
-            if self._drain(session):
-                return
-            if session.finished:
-                if not reported_stop:
-                    reported_stop = True
-                    reason = session.stopped.reason if session.stopped else "failed"
-                    self._post(LoadStopped(reason, session.failure))
-                    self._post(TelemetryReceived(session.tick(time.perf_counter_ns())))
-                    self._post_steps(session)
-                # nothing more will arrive; keep serving snapshot / stop commands
-                with contextlib.suppress(queue.Empty):
-                    self.commands.put(self.commands.get(timeout=0.25))
-                continue
-            frame = session.pump(PUMP_S)
-            if frame is not None:
-                self._post(TelemetryReceived(frame))
-                if self._knee is not None:
-                    self._knee_tick(session, frame)
-            now = time.monotonic()
-            if now >= next_steps:
-                next_steps = now + STEPS_EVERY_S
-                self._post_steps(session)
+    def _on_frame(self, frame: Telemetry | None) -> bool:
+        """Between pumps: apply the operator's commands, post what changed; True on Stop."""
+        session = self.session
+        if self._drain(session):
+            return True
+        if frame is not None:
+            self._post(TelemetryReceived(frame))
+            if self._knee is not None:
+                self._knee_tick(session, frame)
+        now = time.monotonic()
+        if now >= self._next_steps:
+            self._next_steps = now + STEPS_EVERY_S
+            self._post_steps(session)
+        return False
+
+    def _serve_until_stop(self, session: Any) -> None:
+        """Nothing more will arrive; keep serving snapshot commands until Stop."""
+        while not self._drain(session):
+            with contextlib.suppress(queue.Empty):
+                self.commands.put(self.commands.get(timeout=0.25))
 
     def _drain(self, session: Any) -> bool:
         """Apply every queued command; True when asked to stop."""
@@ -240,7 +232,7 @@ class SessionDriver:
 
     def _knee_tick(self, session: Any, frame: Any) -> None:
         """Feed the knee machine one observation (every ~0.25 s) and apply its decision."""
-        from llmtop.knee.runner import _step_line, knee_document
+        from llmtop.knee.document import knee_document, step_line
         from llmtop.knee.search import Done
 
         runner = self._knee
@@ -252,7 +244,7 @@ class SessionDriver:
         for step in runner.search.steps[self._knee_reported :]:
             if step.verdict is None:
                 break
-            self._post(KneeReported(_step_line(step, runner.plan).removeprefix("knee: ")))
+            self._post(KneeReported(step_line(step, runner.plan).removeprefix("knee: ")))
             self._knee_reported += 1
         if isinstance(d, Done):
             self._finish_knee(session, d.result)
@@ -261,11 +253,11 @@ class SessionDriver:
         _ = knee_document  # imported here so a failure shows at the first tick, not the end
 
     def _finish_knee(self, session: Any, result: Any) -> None:
-        from llmtop.knee.runner import knee_document
+        from llmtop.knee.document import knee_document
 
         runner = self._knee
         self._knee = None
-        doc = knee_document(session, runner, result, session.slo, runner.plan, self.extra)
+        doc = knee_document(session, runner.judged, result, session.slo, runner.plan, self.extra)
         self._knee_result = {"knee": doc["knee"], "steps": doc["steps"]}
         k = doc["knee"]
         if k.get("rate") is not None or k.get("concurrency") is not None:

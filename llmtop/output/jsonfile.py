@@ -1,0 +1,55 @@
+"""JSON files: ONE cleaner (JSON has no NaN or infinity) and ONE atomic, fsync'd writer.
+
+Every JSON llmtop writes (`--json`, snapshots, `compare --json`, comparison tables) goes
+through here, so a crash or a full disk never leaves half a file, and they all share one
+permission rule (the umask's, like any file a program creates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def clean(obj: Any) -> Any:
+    """NaN → null, ±inf → "inf" / "-inf", tuples → lists, keys → str."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        return ("inf" if obj > 0 else "-inf") if math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def dumps(data: Any, indent: int | None = 2) -> str:
+    return json.dumps(clean(data), indent=indent)
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> Path:
+    """Temporary file beside `path`, fsync, rename: never a half-written file (or OSError)."""
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(clean(data), f, indent=indent)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the umask decides, as for any file
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    return path

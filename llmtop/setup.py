@@ -1,0 +1,141 @@
+"""What every command needs before load starts: the target (or the built-in simulator),
+the preflight, ONE engine detection, and the server-metrics poller.
+
+`run`, `knee`, the UI and each `launch` sweep point all come through `prepare()`, so a target
+is probed the same way everywhere and only once per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from llmtop.config import RunConfig
+from llmtop.errors import ConfigError, LlmtopError
+from llmtop.profiles import Profile
+
+if TYPE_CHECKING:
+    from llmtop.engines.detect import EngineInfo
+    from llmtop.engines.poller import MetricsPoller
+
+Echo = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SimChoice:
+    """The simulated engine to start when no URL is given."""
+
+    engine: str = "vllm"
+    gpu: str = "a100-80g"
+    model: str = "llama-3-8b"
+    args: tuple[str, ...] = ()
+
+
+# Engine arguments a profile may carry that the simulator understands (trtllm's name first).
+_SIM_ARGS = {
+    "max_batch_size": "--max-num-seqs",
+    "max_num_seqs": "--max-num-seqs",
+    "max_num_tokens": "--max-num-batched-tokens",
+    "max_num_batched_tokens": "--max-num-batched-tokens",
+    "enable_chunked_prefill": "--enable-chunked-prefill",
+    "gpu_memory_utilization": "--gpu-memory-utilization",
+    "kv_cache_free_gpu_memory_fraction": "--gpu-memory-utilization",
+}
+
+
+def sim_args_for(engine: dict[str, Any] | None) -> list[str]:
+    """The profile's `[engine] args` the simulator can imitate, as `llmtop sim` flags."""
+    args = (engine or {}).get("args")
+    if not isinstance(args, dict):
+        return []
+    out: list[str] = []
+    for key, value in args.items():
+        flag = _SIM_ARGS.get(key.replace("-", "_").lstrip("_"))
+        if flag is None:
+            continue
+        if isinstance(value, bool):
+            out.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+@contextlib.contextmanager
+def target_server(url: str, sim: SimChoice) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The given URL, or a simulated engine started for this run and stopped after it."""
+    if url:
+        yield url, None
+        return
+    try:
+        from llmtop.sim.launcher import SimStartError, start_sim
+    except ImportError:
+        raise ConfigError("no --url given and the built-in simulator is not available") from None
+    try:
+        handle = start_sim(engine=sim.engine, gpu=sim.gpu, model=sim.model, extra_args=sim.args)
+    except SimStartError as exc:
+        raise LlmtopError(f"the built-in simulator did not start: {exc}") from None
+    try:
+        yield handle.url, handle.describe()
+    finally:
+        handle.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    config: RunConfig  # the final one: URL, model and dialect filled in
+    extra: dict[str, Any]  # what every JSON / snapshot carries about the target and plan
+    notes: tuple[str, ...]
+    engine: EngineInfo
+
+    def new_poller(self, on_problem: Echo | None = None) -> MetricsPoller:
+        """The server's own metrics at ~1 Hz, in a thread of this (parent) process."""
+        from llmtop.engines.poller import MetricsPoller
+
+        return MetricsPoller.for_engine(
+            self.engine, self.config.target.auth_headers(), on_problem=on_problem
+        )
+
+    def start_poller(self, on_problem: Echo | None = None) -> MetricsPoller:
+        return self.new_poller(on_problem).start()
+
+
+@contextlib.contextmanager
+def prepare(
+    config: RunConfig,
+    sim: SimChoice | None = None,
+    profile: Profile | None = None,
+    echo: Echo = lambda m: None,
+) -> Iterator[PreparedRun]:
+    """Start the simulator if there is no URL, preflight, detect the engine once; yield."""
+    from llmtop.engines.detect import detect_engine
+    from llmtop.preflight import preflight
+
+    sim = sim or SimChoice()
+    if profile is not None and not sim.args:
+        sim = dataclasses.replace(sim, args=tuple(sim_args_for(profile.engine)))
+    with target_server(config.target.url, sim) as (url, simulated):
+        target = dataclasses.replace(config.target, url=url, simulated=simulated)
+        config = dataclasses.replace(config, target=target)
+        pre = preflight(config)
+        target = dataclasses.replace(target, model=pre.model)
+        config = dataclasses.replace(
+            config, target=target, dialect=pre.dialect, text_prompts=pre.text_prompts
+        )
+        for note in pre.notes:
+            echo(f"llmtop: {note}")
+        engine = detect_engine(url, target.auth_headers())
+        echo(f"llmtop: engine: {engine.label}")
+        extra: dict[str, Any] = {
+            "engine": engine.public(),
+            "config": config.public(),
+            "target": target.public(),
+            "load": config.plan.describe(),
+            "notes": list(pre.notes),
+        }
+        if profile is not None:
+            extra["profile"] = profile.public()
+            if profile.engine:
+                extra["engine_config"] = profile.engine
+        yield PreparedRun(config, extra, pre.notes, engine)
