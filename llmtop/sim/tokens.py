@@ -112,8 +112,3 @@ def count_chat_tokens(messages: Sequence[Any], add_generation_prompt: bool = Tru
             raise ValueError("each message must be an object with a 'role'")
         n += 5 + count_text_tokens(_content_text(m.get("content")))
     return n + (4 if add_generation_prompt else 0)
-
-
-def output_word(rid: int, index: int) -> str:
-    """The text of output token `index` of request `rid` (deterministic)."""
-    return WORDS[(rid * 7 + index) % len(WORDS)]
