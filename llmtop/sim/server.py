@@ -21,7 +21,7 @@ from typing import Any
 
 from llmtop import __version__ as LLMTOP_VERSION
 from llmtop.sim import fields
-from llmtop.sim.http import ApiError, Conn
+from llmtop.sim.http import MAX_BODY_BYTES, MAX_HEADER_BYTES, ApiError, Conn
 from llmtop.sim.model import SimSettings
 from llmtop.sim.prom import ITER_STATS_MAX, PROM_CONTENT_TYPE, drain_iter_stats, vllm_metrics_text
 from llmtop.sim.scheduler import FINISHED, Scheduler, SimRequest, Step
@@ -67,10 +67,17 @@ class SimServer:
     """The engine loop (scheduler + one timer) and the HTTP front end sharing one loop."""
 
     def __init__(
-        self, settings: SimSettings, time_scale: float = 1.0, served_model_name: str | None = None
+        self,
+        settings: SimSettings,
+        time_scale: float = 1.0,
+        served_model_name: str | None = None,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
         self.settings = settings
         self.engine = settings.engine
         self.model_name = served_model_name or settings.model.name
@@ -109,7 +116,11 @@ class SimServer:
         """Bind and listen; returns the bound port (useful with port 0)."""
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            lambda: Conn(self), host, port, reuse_address=True, backlog=1024
+            lambda: Conn(self, self.max_header_bytes, self.max_body_bytes),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
         )
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
