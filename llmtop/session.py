@@ -17,13 +17,13 @@ from typing import Any
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
 from llmtop.load.process import LoadProcess, yield_to_load_process
-from llmtop.metrics.collector import Collector, error_rate
+from llmtop.metrics.catalog import LIVE_METRICS
+from llmtop.metrics.collector import Collector
+from llmtop.metrics.figures import run_summary, window_figures
+from llmtop.metrics.intervals import IntervalRecorder, step_index_of
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
-from llmtop.output.exports import step_index_of
-from llmtop.output.snapshot import IntervalRecorder
-from llmtop.slo import Slo, histogram_value_ms
+from llmtop.slo import Slo
 
-LIVE_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait")
 STOP_GRACE_S = 5.0  # how long the load process gets to stop before we keep what we have
 PUMP_S = 0.05  # the longest a caller waits between two looks at its own state
 
@@ -105,8 +105,9 @@ class LoadSession:
         interval = self.collector.tick(now_ns)
         self.interval_recorder.add(interval, self.start_ns)
         window = self.collector.window_summary(LIVE_METRICS)
-        counts, span_s = self.collector.window_counts()
-        slo_results = self.slo.evaluate(self._window_value, error_rate(counts)) if self.slo else []
+        live = window_figures(self.collector)
+        span_s = live.duration_s
+        slo_results = live.judge(self.slo) if self.slo else []
         server = self.server_sample() if self.server_sample is not None else None
         st = self.status
         total = self.collector.counts
@@ -124,13 +125,13 @@ class LoadSession:
             errors=dict(total.errors),
             window_s=span_s,
             window=window,
-            request_rate=counts.completed / span_s if span_s else 0.0,
-            output_tps=counts.output_tokens / span_s if span_s else 0.0,
-            total_tps=(counts.output_tokens + counts.input_tokens) / span_s if span_s else 0.0,
+            request_rate=live.request_throughput,
+            output_tps=live.output_throughput,
+            total_tps=live.total_throughput,
             load_cpu_s=st.load_cpu_s if st else 0.0,
             precise_pacer=st.precise_pacer if st else False,
             connections=st.connections if st else 0,
-            goodput=counts.good / span_s if span_s and self.slo else None,
+            goodput=live.goodput if span_s and self.slo else None,
             slo=tuple(slo_results),
             step_index=len(self.collector.steps) - 1,
             server=server,
@@ -139,11 +140,6 @@ class LoadSession:
             self._next_series_ns = now_ns + 1_000_000_000
             self.series.append(SeriesPoint.from_telemetry(frame))
         return frame
-
-    def _window_value(self, metric: str, stat: str) -> float:
-        """An SLO statistic over the live window (any percentile, from merged histograms)."""
-        merged = self.collector.window_histogram(metric)
-        return histogram_value_ms({metric: merged}, metric, stat)
 
     # -- control ------------------------------------------------------------------------
     def set_rate(self, rate: float, label: str = "") -> None:
@@ -179,17 +175,7 @@ class LoadSession:
         self.process.join(5.0)
 
     def summary(self) -> dict[str, Any]:
-        out = self.collector.summary()
-        if self.slo:
-            c = self.collector.counts
-            results = self.slo.evaluate(
-                lambda m, st: histogram_value_ms(self.collector.cumulative, m, st), error_rate(c)
-            )
-            out["slo"] = {
-                "text": self.slo.text,
-                "ok": all(r.ok for r in results),
-                "limits": [{"limit": r.limit.text, "value": r.value, "ok": r.ok} for r in results],
-            }
+        out = run_summary(self.collector, self.slo)
         out["load_cpu_s"] = self.status.load_cpu_s if self.status else 0.0
         out["precise_pacer"] = self.status.precise_pacer if self.status else False
         out["receive_stamps"] = {

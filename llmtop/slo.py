@@ -1,6 +1,9 @@
 """Service-level objectives: parse `ttft_p99<=1s,tpot_p99<=20ms,error_rate<=1%` and judge.
 
-Pure logic. A latency limit names a metric and a statistic (any percentile, mean or max);
+Pure logic, at the bottom of the layers: it imports nothing from llmtop (the figures an SLO
+is judged on come in through `evaluate`'s `value_of`). The metric names below are the SLO
+language's vocabulary; `llmtop.metrics.catalog` reads which metrics are SLO-able from them.
+A latency limit names a metric and a statistic (any percentile, mean or max);
 `error_rate` is failed / (completed + failed). Each latency limit also acts per request for
 goodput, as in `vllm bench serve --goodput`: a request is good when it completed and its own
 TTFT / TPOT / E2E (and ITL: its worst gap) are within every limit on that metric.
@@ -153,17 +156,3 @@ class Slo:
             v = error_rate if limit.metric == "error_rate" else value_of(limit.metric, limit.stat)
             results.append(LimitResult(limit, v, limit.ok(v)))
         return results
-
-
-def histogram_value_ms(histograms: dict[str, object], metric: str, stat: str) -> float:
-    """A statistic from an HdrHistogram (µs) in ms; NaN when it holds nothing."""
-    h = histograms.get(metric)
-    if h is None or not h.get_total_count():  # type: ignore[attr-defined]
-        return math.nan
-    from llmtop.metrics.collector import mean_us, value_at_percentile_us
-
-    if stat == "mean":
-        return mean_us(h) / 1000  # type: ignore[arg-type]
-    if stat == "max":
-        return h.get_max_value() / 1000  # type: ignore[attr-defined]
-    return value_at_percentile_us(h, float(stat[1:])) / 1000  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from hdrh.histogram import HdrHistogram
 
 from llmtop.metrics import records
 from llmtop.metrics.collector import Collector
+from llmtop.metrics.figures import run_summary
 from llmtop.metrics.records import RequestRecord
 
 MS = 1_000_000
@@ -52,7 +53,7 @@ def test_ttft_e2e_tpot_and_slip() -> None:
     chunks = [(52 * MS + i * 10 * MS, 1) for i in range(5)]
     c.add([rec(intended=0, send=2 * MS, chunks=chunks)])
     c.tick(200 * MS)
-    s = c.summary()
+    s = run_summary(c)
     assert s["ttft_ms"]["p50"] == pytest.approx(50.0, rel=1e-3)
     assert s["e2el_ms"]["p50"] == pytest.approx(90.0, rel=1e-3)
     assert s["tpot_ms"]["p50"] == pytest.approx(10.0, rel=1e-3)
@@ -71,7 +72,7 @@ def test_chunk_with_k_tokens_gives_k_itl_samples_of_gap_over_k() -> None:
     assert h.get_total_count() == 4
     assert h.get_count_at_value(10_000) == 4  # three of 30/3 ms and one of 10 ms
     # TPOT uses usage's token count: (50 − 10) / (5 − 1) = 10 ms
-    assert c.summary()["tpot_ms"]["p50"] == pytest.approx(10.0, rel=1e-3)
+    assert run_summary(c)["tpot_ms"]["p50"] == pytest.approx(10.0, rel=1e-3)
 
 
 def test_failures_warmup_and_cancelled_are_kept_apart() -> None:
@@ -86,7 +87,7 @@ def test_failures_warmup_and_cancelled_are_kept_apart() -> None:
         ]
     )
     c.tick(10 * MS)
-    s = c.summary()
+    s = run_summary(c)
     assert s["completed"] == 1 and s["failed"] == 2 and s["cancelled"] == 1
     assert s["warmup_requests"] == 1
     assert s["errors"] == {"http_429": 1, "stream_cut": 1}
@@ -133,7 +134,7 @@ def test_throughput_over_measured_duration() -> None:
     c.measurement_started(0)
     c.add([rec(send=0, chunks=[(MS, 1), (2 * MS, 1)], end=2000 * MS) for _ in range(4)])
     c.tick(3000 * MS)
-    s = c.summary()
+    s = run_summary(c)
     assert s["duration_s"] == pytest.approx(2.0)
     assert s["request_throughput"] == pytest.approx(2.0)
     assert s["output_throughput"] == pytest.approx(4.0)
@@ -143,7 +144,7 @@ def test_out_of_range_values_are_counted_not_lost_silently() -> None:
     c = Collector()
     c.add([rec(chunks=[(2 * 3600 * 1000 * MS, 1)])])  # a two-hour TTFT
     c.tick(1)
-    assert c.summary()["out_of_range"]["ttft"] == 1
+    assert run_summary(c)["out_of_range"]["ttft"] == 1
 
 
 def test_interval_histograms_merge_exactly() -> None:
@@ -160,7 +161,7 @@ def test_fast_statistics_match_hdrhistogram_py() -> None:
     """Our numpy percentiles and mean give exactly what HdrHistogram_py computes."""
     import random
 
-    from llmtop.metrics.collector import mean_us, new_histogram, value_at_percentile_us
+    from llmtop.metrics.hdr import mean_us, new_histogram, value_at_percentile_us
 
     rng = random.Random(7)
     for n in (1, 10, 1000, 20_000):
@@ -178,7 +179,7 @@ def test_bulk_recording_matches_record_value() -> None:
 
     import numpy as np
 
-    from llmtop.metrics.collector import HIGHEST_US, new_histogram, record_many
+    from llmtop.metrics.hdr import HIGHEST_US, new_histogram, record_many
 
     rng = random.Random(3)
     values = [
@@ -207,7 +208,7 @@ def test_dropped_histograms_are_freed_at_once() -> None:
     import gc
     import weakref
 
-    from llmtop.metrics.collector import new_histogram
+    from llmtop.metrics.hdr import new_histogram
 
     gc.disable()
     try:
@@ -233,3 +234,78 @@ def test_step_zero_starts_when_the_load_loop_does() -> None:
     c2.begin_step(100 * MS, 2.0)  # the user changed the rate before the load loop started
     c2.load_started(300 * MS)
     assert [s.start_ns for s in c2.steps] == [0, 100 * MS]
+
+
+def test_exceedances_and_stddev_match_hdrhistogram_py() -> None:
+    """`count_above_us` counts what the recorded iterator would; `stddev_us` is `get_stddev`."""
+    import random
+
+    from llmtop.metrics.hdr import (
+        CountsHistogram,
+        count_above_us,
+        counts_of,
+        new_histogram,
+        stddev_us,
+    )
+
+    rng = random.Random(11)
+    for n in (1, 50, 5000):
+        h = new_histogram()
+        for _ in range(n):
+            h.record_value(int(rng.lognormvariate(9, 1.2)) + 1)
+        window = CountsHistogram()  # the sliding window's kind answers the same
+        window.add_counts(counts_of(h), h.get_total_count())
+        for threshold_us in (0.0, 500.0, 8_100.0, 8_191.0, 30_000.0, 1e9):
+            want = sum(
+                it.count_added_in_this_iter_step
+                for it in h.get_recorded_iterator()
+                if it.value_iterated_to > threshold_us
+            )
+            assert count_above_us(h, threshold_us) == want == count_above_us(window, threshold_us)
+        assert stddev_us(h) == pytest.approx(h.get_stddev(), rel=1e-9)
+        assert stddev_us(window) == pytest.approx(h.get_stddev(), rel=1e-9)
+
+
+def test_one_decoder_for_packed_steps_and_snapshot_text() -> None:
+    """Bytes (packed steps) and ASCII text (snapshots) decode alike, without a reference cycle."""
+    import gc
+    import weakref
+
+    from llmtop.metrics.hdr import decode_histogram, encode_histogram, new_histogram
+
+    h = new_histogram()
+    for v in (3, 70, 70, 9_000):
+        h.record_value(v)
+    text = encode_histogram(h)
+    assert text is not None and encode_histogram(new_histogram()) is None
+    for data in (h.encode(), text):
+        back = decode_histogram(data)
+        assert list(back.counts) == list(h.counts) and back.get_total_count() == 4
+        gc.disable()
+        try:
+            ref = weakref.ref(back)
+            del back
+            assert ref() is None
+        finally:
+            gc.enable()
+    with pytest.raises(ValueError):
+        decode_histogram("HISTFAAA\u00e9")
+
+
+def test_records_of_a_packed_step_count_in_the_run_and_are_reported() -> None:
+    """A request that ends after its step was packed away is in the run's figures, not its
+    step's: the summary says how many (`late_records`) instead of hiding it."""
+    c = Collector()
+    c.begin_step(0, 1.0)
+    c.add([rec(intended=100 * MS, send=100 * MS, chunks=[(110 * MS, 1)])])
+    c.begin_step(1000 * MS, 2.0)
+    c.begin_step(2000 * MS, 4.0)
+    c.tick(2100 * MS)
+    assert c.steps[0].compact is not None
+    c.add([rec(intended=500 * MS, send=500 * MS, chunks=[(2500 * MS, 1)])])  # step 0's
+    c.tick(2600 * MS)
+    s = run_summary(c)
+    assert s["completed"] == 2 and s["ttft_ms"]["count"] == 2
+    assert c.steps[0].counts.completed == 1
+    assert s["late_records"] == 1
+    assert run_summary(Collector())["late_records"] == 0

@@ -10,8 +10,9 @@ from pathlib import Path
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
-from llmtop.metrics.collector import new_histogram
-from llmtop.output.exports import RequestLog, step_index_of, write_hlogs, write_steps_csv
+from llmtop.metrics.hdr import new_histogram
+from llmtop.metrics.intervals import step_index_of
+from llmtop.output.exports import RequestLog, write_hlogs, write_steps_csv
 from llmtop.output.snapshot import build_snapshot, load_snapshot
 from tests.test_snapshot import EXTRA, FIXTURES, filled_session, record
 

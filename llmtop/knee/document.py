@@ -11,7 +11,9 @@ from typing import Any, TextIO
 from llmtop import __version__
 from llmtop.knee.search import KneePlan, KneeResult, KneeStep, Mode, StepObs
 from llmtop.knee.stats import LimitObs, quantile_ci_ranks
-from llmtop.metrics.collector import Step, step_summary
+from llmtop.metrics.catalog import LIVE_METRICS
+from llmtop.metrics.collector import Step
+from llmtop.metrics.figures import step_summary
 from llmtop.session import LoadSession
 from llmtop.slo import Slo
 
@@ -124,7 +126,7 @@ def knee_document(
             ):
                 if key in final:
                     d[key] = final[key]
-            for m in ("ttft", "tpot", "itl", "e2el", "send_slip", "queue_wait"):
+            for m in LIVE_METRICS:
                 d[f"{m}_ms"] = final[f"{m}_ms"]
             d["percentile_ci"] = percentile_ci_ms(cs, slo, plan.alpha)
         steps.append(d)

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from hdrh.histogram import HdrHistogram
-
 from llmtop.config import RunConfig
 from llmtop.knee.document import knee_document, print_knee, step_line
 from llmtop.knee.search import (
@@ -28,46 +26,34 @@ from llmtop.knee.search import (
     SetLoad,
     StepObs,
 )
-from llmtop.metrics.collector import Step, error_rate
+from llmtop.metrics.collector import Step
+from llmtop.metrics.figures import Figures, step_figures
+from llmtop.metrics.hdr import count_above_us, stddev_us
 from llmtop.output.console import write_json_output
 from llmtop.session import Interrupts, LoadSession, drive
-from llmtop.slo import RATE_METRICS, Slo, histogram_value_ms
+from llmtop.slo import RATE_METRICS, Slo
 
 OBSERVE_EVERY_S = 0.25
 
 
 # -- reading a collector step -------------------------------------------------------------
-def count_above(h: HdrHistogram, threshold_us: float) -> int:
-    """Samples whose (HDR-equivalent) value is above the threshold, as percentiles see it."""
-    n = 0
-    for it in h.get_recorded_iterator():
-        if it.value_iterated_to > threshold_us:
-            n += it.count_added_in_this_iter_step
-    return n
-
-
-def _hists(step: Step) -> dict[str, HdrHistogram]:
-    """A step's histograms, live or unpacked (the collector packs away old steps)."""
-    all_h = getattr(step, "all_histograms", None)
-    return all_h() if all_h is not None else step.histograms
-
-
 def limit_observations(
-    step: Step, slo: Slo, hists: dict[str, HdrHistogram] | None = None
+    step: Step, slo: Slo, figures: Figures | None = None
 ) -> tuple[LimitObs, ...]:
+    """Each limit's value, sample count and exceedances in one step (from `figures`)."""
     out = []
-    c = step.counts
-    hists = hists if hists is not None else _hists(step)
+    f = figures if figures is not None else step_figures(step)
+    c = f.counts
     for limit in slo.limits:
         upper = limit.op in ("<=", "<")
         if limit.metric in RATE_METRICS:
-            done = c.completed + c.failed
+            done = f.done
             out.append(
                 LimitObs(
                     limit.text,
                     "rate",
                     limit.threshold,
-                    error_rate(c) if done else math.nan,
+                    f.error_rate if done else math.nan,
                     done,
                     c.failed,
                     limit.threshold,
@@ -75,12 +61,12 @@ def limit_observations(
                 )
             )
             continue
-        h = hists.get(limit.metric)
+        h = f.histograms.get(limit.metric)
         if h is None:
             continue
         n = h.get_total_count()
-        value = histogram_value_ms(hists, limit.metric, limit.stat)
-        exceed = count_above(h, limit.threshold * 1000) if n else 0
+        value = f.value_ms(limit.metric, limit.stat)
+        exceed = count_above_us(h, limit.threshold * 1000) if n else 0
         pct = limit.percentile
         kind = (
             "quantile"
@@ -98,15 +84,11 @@ def limit_observations(
                 n,
                 exceed,
                 pct / 100 if pct is not None else None,
-                h.get_stddev() / 1000 if n > 1 else math.nan,
+                stddev_us(h) / 1000 if n > 1 else math.nan,
                 upper,
             )
         )
     return tuple(out)
-
-
-def _p(h: HdrHistogram, pct: float) -> float:
-    return h.get_value_at_percentile(pct) / 1000 if h.get_total_count() else math.nan
 
 
 def observe_step(
@@ -117,23 +99,21 @@ def observe_step(
     client_cpu: float = math.nan,
 ) -> StepObs:
     """The knee machine's view of one collector step."""
-    h = _hists(step)
-    dur = step.duration_s(now_ns)
-    c = step.counts
-    e2e = h["e2el"]
+    f = step_figures(step, now_ns)
+    c = f.counts
     return StepObs(
         completed=c.completed,
         failed=c.failed,
-        limits=limit_observations(step, slo, h),
-        e2e_p99_s=_p(e2e, 99.0) / 1000,
-        e2e_max_s=(e2e.get_max_value() / 1e6) if e2e.get_total_count() else math.nan,
-        send_slip_p99_ms=_p(h["send_slip"], 99.0),
-        slot_wait_p99_ms=_p(h["queue_wait"], 99.0),
+        limits=limit_observations(step, slo, f),
+        e2e_p99_s=f.value_ms("e2el", "p99") / 1000,
+        e2e_max_s=f.value_ms("e2el", "max") / 1000,
+        send_slip_p99_ms=f.value_ms("send_slip", "p99"),
+        slot_wait_p99_ms=f.value_ms("queue_wait", "p99"),
         client_cpu=client_cpu,
         in_flight=in_flight,
-        request_throughput=c.completed / dur if dur else math.nan,
-        output_throughput=c.output_tokens / dur if dur else math.nan,
-        goodput=c.good / dur if dur else math.nan,
+        request_throughput=f.per_s(c.completed, math.nan),
+        output_throughput=f.per_s(c.output_tokens, math.nan),
+        goodput=f.per_s(c.good, math.nan),
     )
 
 

@@ -1,17 +1,16 @@
-"""The collector: the single writer of the HDR histograms.
+"""The collector: the single writer of the HDR histograms, and the run's domain model.
 
 It turns raw request records into histogram samples (exactly as DESIGN.md defines the
 metrics), closes an interval every tick, keeps a sliding window of interval histograms for
-live figures and a cumulative one for the whole run. Domain code only: no UI, no asyncio,
-and every method that needs the time is given it.
+live figures, a cumulative one for the whole run, and one set per rate step. Domain code
+only: no UI, no asyncio, and every method that needs the time is given it. The figures read
+from all this (percentiles, throughputs, SLO verdicts) are computed in `figures`; the
+histogram engine is `hdr`, the metric list `catalog`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import sys
-import weakref
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,204 +20,21 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from llmtop.metrics import records
+from llmtop.metrics.catalog import METRICS
+from llmtop.metrics.hdr import (
+    CountsHistogram,
+    MetricSummary,
+    add_into,
+    clear,
+    counts_of,
+    decode_histogram,
+    new_histogram,
+    record_many,
+    summarize,
+)
 from llmtop.metrics.records import RequestRecord
 
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # one hour
-SIGNIFICANT_FIGURES = 3
-
-METRICS = (
-    "ttft",
-    "itl",
-    "tpot",
-    "e2el",
-    "send_slip",
-    "queue_wait",
-    "ttft_from_intended",
-    "e2el_from_intended",
-)
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 BUCKET_NS = 1_000_000_000
-
-
-def new_histogram() -> HdrHistogram:
-    return _uncycle(HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_FIGURES))
-
-
-@dataclass(frozen=True)
-class MetricSummary:
-    """Percentiles of one metric, in milliseconds."""
-
-    count: int
-    mean_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    p999_ms: float
-    max_ms: float
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "p50": self.p50_ms,
-            "p90": self.p90_ms,
-            "p99": self.p99_ms,
-            "p99.9": self.p999_ms,
-            "mean": self.mean_ms,
-            "max": self.max_ms,
-            "count": self.count,
-        }
-
-    def at(self, percentile: float) -> float:
-        return {50.0: self.p50_ms, 90.0: self.p90_ms, 99.0: self.p99_ms, 99.9: self.p999_ms}[
-            percentile
-        ]
-
-
-EMPTY = MetricSummary(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
-
-
-class _Layout:
-    """Per-index values of our one histogram layout, for numpy-speed statistics.
-
-    HdrHistogram_py's `get_mean_value` walks every recorded value in Python (~1 ms or more),
-    and its percentile scan is a Python loop over ~23k counters. With the layout's values
-    precomputed, a cumulative sum and a search give the same answers (checked against the
-    library in tests) in a few tens of microseconds.
-    """
-
-    def __init__(self) -> None:
-        h = new_histogram()
-        self.counts_len = n = h.counts_len
-        assert h.word_size == 8, "counts are read as int64"
-        um = h.unit_magnitude
-        half_mag = h.sub_bucket_half_count_magnitude
-        half = h.sub_bucket_half_count
-        mask = h.sub_bucket_mask
-        lowest = np.empty(n, dtype=np.float64)
-        size = np.empty(n, dtype=np.float64)
-        for i in range(n):  # the library's index → value arithmetic, inlined (~25 ms once)
-            b = (i >> half_mag) - 1
-            sub = (i & (half - 1)) + half
-            if b < 0:
-                sub -= half
-                b = 0
-            v = sub << (b + um)
-            vb = (v | mask).bit_length() - um - (half_mag + 1)
-            if (v >> (vb + um)) >= h.sub_bucket_count:
-                vb += 1
-            lowest[i] = v
-            size[i] = 1 << (um + vb)
-        self.lowest = lowest
-        self.highest = lowest + size - 1
-        self.median = lowest + np.floor(size / 2)
-
-
-_LAYOUT: _Layout | None = None
-
-
-def _layout() -> _Layout:
-    global _LAYOUT
-    if _LAYOUT is None:
-        _LAYOUT = _Layout()
-    return _LAYOUT
-
-
-class CountsHistogram:
-    """Counters of our one layout as a numpy array: the sliding window's running sum.
-
-    It answers what the statistics below ask of a histogram (total, max, counts), so the
-    window needs no merge of HdrHistograms per tick: intervals are added to it and expired
-    seconds subtracted from it, each a ~10 µs array operation.
-    """
-
-    def __init__(self) -> None:
-        self.array = np.zeros(_layout().counts_len, dtype=np.int64)
-        self.total = 0
-
-    def get_total_count(self) -> int:
-        return self.total
-
-    def get_max_value(self) -> float:
-        if not self.total:
-            return 0
-        nz = np.flatnonzero(self.array)
-        return float(_layout().highest[nz[-1]])
-
-    def add_counts(self, counts: np.ndarray, total: int, sign: int = 1) -> None:
-        if sign > 0:
-            self.array += counts
-        else:
-            self.array -= counts
-        self.total += sign * total
-
-
-def _counts(h: HdrHistogram | CountsHistogram) -> np.ndarray:
-    if isinstance(h, CountsHistogram):
-        return h.array
-    return np.frombuffer(h.counts, dtype=np.int64, count=h.counts_len)
-
-
-def add_into(dst: HdrHistogram, src: HdrHistogram) -> None:
-    """`dst.add(src)` for two histograms of our layout, as one numpy addition."""
-    if not src.total_count:
-        return
-    _counts(dst)[:] += _counts(src)
-    dst.total_count += src.total_count
-    dst.min_value = min(dst.min_value, src.min_value)
-    dst.max_value = max(dst.max_value, src.max_value)
-
-
-def clear(h: HdrHistogram) -> None:
-    """`h.reset()` without its Python loop over ~23k counters."""
-    _counts(h)[:] = 0
-    h.total_count = 0
-    h.min_value = sys.maxsize
-    h.max_value = 0
-
-
-def value_at_percentile_us(h: HdrHistogram, percentile: float) -> float:
-    """Same answer as `h.get_value_at_percentile(p)`, without the Python loop."""
-    return _percentiles(h, [percentile])[0]
-
-
-def _percentiles(h: HdrHistogram, percentiles: list[float]) -> list[float]:
-    total = h.get_total_count()
-    if not total:
-        return [0.0 for _ in percentiles]
-    lay = _layout()
-    cum = np.cumsum(_counts(h))
-    out = []
-    for p in percentiles:
-        target = max(int(min(p, 100.0) * total / 100 + 0.5), 1)
-        i = int(np.searchsorted(cum, target, side="left"))
-        i = min(i, lay.counts_len - 1)
-        out.append(float(lay.highest[i] if p else lay.lowest[i]))
-    return out
-
-
-def mean_us(h: HdrHistogram) -> float:
-    """Same answer as `h.get_mean_value()` (median-equivalent values), vectorised."""
-    total = h.get_total_count()
-    if not total:
-        return 0.0
-    # elementwise, not np.dot: a BLAS call here costs milliseconds on some OpenBLAS setups
-    return float((_counts(h) * _layout().median).sum() / total)
-
-
-def summarize(h: HdrHistogram) -> MetricSummary:
-    n = h.get_total_count()
-    if n == 0:
-        return EMPTY
-    p50, p90, p99, p999 = _percentiles(h, list(PERCENTILES))
-    return MetricSummary(
-        count=n,
-        mean_ms=mean_us(h) / 1000,
-        p50_ms=p50 / 1000,
-        p90_ms=p90 / 1000,
-        p99_ms=p99 / 1000,
-        p999_ms=p999 / 1000,
-        max_ms=h.get_max_value() / 1000,
-    )
 
 
 @dataclass
@@ -292,6 +108,8 @@ class Collector:
         self.window_s = window_s
         self.request_limits_us = {m: v * 1000 for m, v in (request_limits_ms or {}).items()}
         self.steps: list[Step] = []
+        # records of a step already packed away: in the run's figures, not in their step's
+        # (the summary reports them as `late_records`)
         self.late_records = 0
         self._rec_step: Step | None = None
         self._win = {m: CountsHistogram() for m in METRICS}
@@ -358,7 +176,7 @@ class Collector:
         for step in reversed(self.steps):
             if step.start_ns <= intended_ns:
                 if step.compact is not None:
-                    self.late_records += 1  # its histograms are packed away; counts only
+                    self.late_records += 1  # packed away: in the run's figures, not its step's
                     return None
                 return step
         return None
@@ -482,12 +300,6 @@ class Collector:
         if self.steps and self.steps[-1].end_ns is None:
             self.steps[-1].end_ns = now_ns
 
-    @property
-    def current_step(self) -> Step | None:
-        if self.steps and self.steps[-1].end_ns is None:
-            return self.steps[-1]
-        return None
-
     # -- intervals ----------------------------------------------------------------------
     def tick(self, now_ns: int) -> Interval:
         """Close the current interval and slide the window.
@@ -506,7 +318,7 @@ class Collector:
             n = h.get_total_count()
             if n:
                 add_into(self.cumulative[m], h)
-                counts = _counts(h)
+                counts = counts_of(h)
                 arr = bucket.histograms.get(m)
                 if arr is None:
                     bucket.histograms[m] = arr = CountsHistogram()
@@ -567,114 +379,3 @@ class Collector:
         if start is None or self.last_end_ns is None:
             return 0.0
         return max((self.last_end_ns - start) / 1e9, 0.0)
-
-    def summary(self) -> dict[str, object]:
-        """The whole-run figures, in the JSON shape the issue asks for."""
-        out: dict[str, object] = {}
-        for m in METRICS:
-            out[f"{m}_ms"] = summarize(self.cumulative[m]).as_dict()
-        c = self.counts
-        dur = self.duration_s()
-        out.update(
-            completed=c.completed,
-            failed=c.failed,
-            cancelled=c.cancelled,
-            warmup_requests=c.warmup,
-            errors=dict(c.errors),
-            error_examples=dict(self.error_examples),
-            input_tokens=c.input_tokens,
-            output_tokens=c.output_tokens,
-            duration_s=dur,
-            request_throughput=c.completed / dur if dur else 0.0,
-            goodput=c.good / dur if dur and self.request_limits_us else None,
-            good_requests=c.good if self.request_limits_us else None,
-            output_throughput=c.output_tokens / dur if dur else 0.0,
-            total_throughput=(c.input_tokens + c.output_tokens) / dur if dur else 0.0,
-            out_of_range=dict(self.out_of_range),
-        )
-        return out
-
-
-def _uncycle(h: HdrHistogram) -> HdrHistogram:
-    """Break HdrHistogram_py's histogram ↔ encoder reference cycle.
-
-    With the cycle, a dropped histogram (and its ~190 kB of counters, which the garbage
-    collector does not count) waits for a rare full collection: the parent grew by ~70 MB a
-    minute. With a weak back-reference it is freed the moment it is dropped.
-    """
-    enc = h.encoder
-    if not isinstance(enc.histogram, weakref.ProxyType):
-        enc.histogram = weakref.proxy(h)
-    return h
-
-
-def decode_histogram(data: bytes | str) -> HdrHistogram:
-    return _uncycle(HdrHistogram.decode(data))
-
-
-def record_many(h: HdrHistogram, values: np.ndarray, weights: np.ndarray | None = None) -> int:
-    """`h.record_value` for many values at once (same buckets); returns how many were rejected.
-
-    Mirrors HdrHistogram_py's index arithmetic (`_counts_index_for`) vectorised; the test
-    suite checks it gives the same counts, total, min and max as recording one by one.
-    """
-    if values.size == 0:
-        return 0
-    v = values.astype(np.int64, copy=False)
-    w = np.ones_like(v) if weights is None else weights.astype(np.int64, copy=False)
-    um = h.unit_magnitude
-    half_mag = h.sub_bucket_half_count_magnitude
-    _, exp = np.frexp((v | h.sub_bucket_mask).astype(np.float64))  # bit_length, exactly
-    bucket = exp.astype(np.int64) - um - (half_mag + 1)
-    sub = v >> (bucket + um)
-    idx = ((bucket + 1) << half_mag) + (sub - h.sub_bucket_half_count)
-    ok = (v >= 0) & (idx >= 0) & (idx < h.counts_len)
-    rejected = int(w[~ok].sum())
-    if rejected:
-        v, w, idx = v[ok], w[ok], idx[ok]
-        if v.size == 0:
-            return rejected
-    counts = np.frombuffer(h.counts, dtype=np.int64, count=h.counts_len)
-    np.add.at(counts, idx, w)
-    h.total_count += int(w.sum())
-    h.min_value = min(h.min_value, int(v.min()))
-    h.max_value = max(h.max_value, int(v.max()))
-    return rejected
-
-
-def error_rate(c: Counts) -> float:
-    done = c.completed + c.failed
-    return c.failed / done if done else 0.0
-
-
-def step_summary(
-    step: Step, slo: object | None = None, now_ns: int | None = None
-) -> dict[str, object]:
-    """One step's figures: achieved throughput, goodput, percentiles, and the SLO verdict."""
-    from llmtop.slo import Slo, histogram_value_ms
-
-    dur = step.duration_s(now_ns)
-    c = step.counts
-    out: dict[str, object] = {
-        "index": step.index,
-        "label": step.label,
-        "offered": step.offered,
-        "duration_s": dur,
-        "completed": c.completed,
-        "failed": c.failed,
-        "errors": dict(c.errors),
-        "request_throughput": c.completed / dur if dur else 0.0,
-        "output_throughput": c.output_tokens / dur if dur else 0.0,
-        "goodput": c.good / dur if dur else 0.0,
-        "error_rate": error_rate(c),
-    }
-    hists = step.all_histograms()
-    for m in METRICS:
-        out[f"{m}_ms"] = summarize(hists[m]).as_dict()
-    if isinstance(slo, Slo) and slo:
-        results = slo.evaluate(
-            lambda metric, stat: histogram_value_ms(hists, metric, stat), error_rate(c)
-        )
-        out["slo"] = [{"limit": r.limit.text, "value": r.value, "ok": r.ok} for r in results]
-        out["slo_ok"] = all(r.ok for r in results)
-    return out

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmtop.metrics.collector import MetricSummary
+from llmtop.metrics.hdr import MetricSummary
 from llmtop.slo import LimitResult
 
 

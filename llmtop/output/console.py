@@ -9,19 +9,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmtop.errors import LlmtopError
+from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.output.jsonfile import write_json_atomic
 
-TABLE_METRICS = (
-    ("ttft_ms", "TTFT", "send → first generated token"),
-    ("tpot_ms", "TPOT", "(E2E − TTFT) / (output tokens − 1), per request"),
-    ("itl_ms", "ITL", "gap between token chunks, split per token"),
-    ("e2el_ms", "E2E", "send → last token"),
-    ("ttft_from_intended_ms", "TTFT*", "intended send → first token"),
-    ("e2el_from_intended_ms", "E2E*", "intended send → last token"),
-    ("send_slip_ms", "send slip", "actual − intended send"),
-    ("queue_wait_ms", "slot wait", "wait for a --max-concurrency slot"),
-)
+# (summary key, label, definition) of each row of the final table, from the metric catalog
+TABLE_METRICS = tuple((f"{m.name}_ms", m.label, m.definition) for m in rows(METRICS))
 
 
 def _ms(v: float) -> str:

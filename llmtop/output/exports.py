@@ -13,14 +13,13 @@ import io
 import json
 import math
 from array import array
-from bisect import bisect_right
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from hdrh.log import HistogramLogWriter
 
 from llmtop.errors import LlmtopError
+from llmtop.metrics.catalog import GAUGE_METRICS, INTERVAL_METRICS
 from llmtop.metrics.records import RequestRecord
 from llmtop.output.snapshot import histogram_of
 
@@ -65,7 +64,7 @@ def write_hlog(snap: dict[str, Any], metric: str, out: TextIO) -> int:
 def write_hlogs(
     snap: dict[str, Any],
     out_dir: str | Path,
-    metrics: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el"),
+    metrics: tuple[str, ...] = GAUGE_METRICS,
 ) -> list[Path]:
     """`<dir>/<metric>.hlog` for each metric that holds samples."""
     out = Path(out_dir)
@@ -96,7 +95,7 @@ STEP_COLUMNS = (
     ("goodput", "goodput"),
     ("slo_ok", "slo_ok"),
 )
-STEP_METRICS = ("ttft", "tpot", "itl", "e2el", "send_slip")
+STEP_METRICS = INTERVAL_METRICS  # the metrics with a time series get step columns too
 STEP_STATS = ("p50", "p90", "p99", "p99.9", "mean", "max")
 
 
@@ -163,13 +162,6 @@ class RequestLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def step_index_of(steps: Sequence[Any], t_ns: int) -> int | None:
-    """The index of the step running at `t_ns` (a request's intended send), without side
-    effects on the collector; steps are in start order."""
-    i = bisect_right([s.start_ns for s in steps], t_ns) - 1
-    return steps[i].index if i >= 0 else None
 
 
 def _ms(ns: int) -> float:

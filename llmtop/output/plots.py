@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from llmtop.errors import LlmtopError
+from llmtop.metrics import catalog
 from llmtop.output.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
 from llmtop.output.snapshot import histogram_of
 
 FORMATS = ("png", "svg")
-SPECTRUM_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"))
+SPECTRUM_METRICS = tuple((m.name, m.label) for m in catalog.rows(catalog.SPECTRUM_METRICS))
 # Percentiles of the spectrum: 0 and then 1 - 10^(-k/10), up to 99.999 %.
 SPECTRUM_PERCENTILES = (0.0, *(100.0 * (1 - 10 ** (-k / 10)) for k in range(1, 51)))
 

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,10 @@ from hdrh.histogram import HdrHistogram
 
 from llmtop import __version__
 from llmtop.errors import LlmtopError
-from llmtop.metrics.collector import METRICS, Interval, new_histogram
+from llmtop.metrics.catalog import METRICS
+from llmtop.metrics.collector import Step
+from llmtop.metrics.figures import step_summary
+from llmtop.metrics.hdr import decode_histogram, encode_histogram
 from llmtop.output.jsonfile import write_json_atomic
 
 if TYPE_CHECKING:
@@ -30,21 +33,10 @@ if TYPE_CHECKING:
 
 FORMAT = "llmtop-snapshot"
 VERSION = 1
-# Metrics kept per 1-second interval (the .hlog export); the rest only per step and run.
-INTERVAL_METRICS = ("ttft", "itl", "tpot", "e2el", "send_slip")
 
 
 class SnapshotError(LlmtopError):
     """A file that is not a snapshot we can read."""
-
-
-def encode_histogram(h: HdrHistogram) -> str | None:
-    """Standard compressed base64 ("HISTFAAA..."); None for an empty histogram."""
-    return h.encode().decode("ascii") if h.get_total_count() else None
-
-
-def decode_histogram(text: str) -> HdrHistogram:
-    return HdrHistogram.decode(text.encode("ascii"))
 
 
 def histogram_of(node: dict[str, Any], metric: str, where: str = "snapshot") -> HdrHistogram | None:
@@ -58,56 +50,9 @@ def histogram_of(node: dict[str, Any], metric: str, where: str = "snapshot") -> 
         raise SnapshotError(f"{where}: the {metric} histogram is corrupt ({exc})") from None
 
 
-class IntervalRecorder:
-    """Merges the collector's ~250 ms intervals into 1-second ones, kept encoded.
-
-    Why: the `.hlog` export and the report's time series want full histograms over time, and
-    an encoded second costs a few hundred bytes where a live HdrHistogram costs ~180 kB.
-    The session calls `add(interval, start_ns)` after each `collector.tick`.
-    """
-
-    def __init__(self, period_s: float = 1.0, metrics: Iterable[str] = INTERVAL_METRICS) -> None:
-        self.period_ns = round(period_s * 1e9)
-        self.metrics = tuple(metrics)
-        self.intervals: list[dict[str, Any]] = []
-        self._open: dict[str, HdrHistogram] = {}
-        self._from_ns: int | None = None
-        self._to_ns = 0
-        self._start_ns = 0
-
-    def add(self, interval: Interval, start_ns: int) -> None:
-        self._start_ns = start_ns
-        if self._from_ns is None:
-            self._from_ns = interval.start_ns
-        for m in self.metrics:
-            h = interval.histograms.get(m)
-            if h is not None and h.get_total_count():
-                if m not in self._open:
-                    self._open[m] = new_histogram()
-                self._open[m].add(h)
-        self._to_ns = interval.end_ns
-        if self._to_ns - self._from_ns >= self.period_ns:
-            self.flush()
-
-    def flush(self) -> None:
-        """Close the running second (also called when a snapshot is taken)."""
-        if self._from_ns is None:
-            return
-        if self._open:
-            self.intervals.append(
-                {
-                    "start_s": round((self._from_ns - self._start_ns) / 1e9, 3),
-                    "end_s": round((self._to_ns - self._start_ns) / 1e9, 3),
-                    "histograms": {m: encode_histogram(h) for m, h in self._open.items()},
-                }
-            )
-        self._open = {}
-        self._from_ns = None
-
-
-def step_histograms(step: Any) -> dict[str, str | None]:
+def step_histograms(step: Step) -> dict[str, str | None]:
     """A collector step's histograms, encoded (packed steps are already encoded)."""
-    compact = getattr(step, "compact", None)
+    compact = step.compact
     if compact is not None:
         return {m: (compact[m].decode("ascii") if compact.get(m) else None) for m in METRICS}
     live = step.histograms or {}
@@ -135,8 +80,6 @@ def build_snapshot(
     label: str | None = None,
 ) -> dict[str, Any]:
     """The snapshot of a LoadSession as it stands now (it may still be running)."""
-    from llmtop.metrics.collector import step_summary
-
     collector = session.collector
     now = time.perf_counter_ns()
     start_ns = session.start_ns or now

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from llmtop.metrics.collector import MetricSummary
+from llmtop.metrics.hdr import MetricSummary
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.slo import Slo
 from llmtop.tui.model import RunInfo, StepPoint

@@ -12,16 +12,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmtop.slo import LimitResult, Slo, histogram_value_ms
+from llmtop.metrics import catalog
+from llmtop.metrics.collector import Step
+from llmtop.metrics.figures import step_figures
+from llmtop.slo import LimitResult, Slo
 
 AMBER_AT = 0.8  # a gauge turns amber at 80 % of its limit, red past it
 GREEN, AMBER, RED, NEUTRAL = "green", "amber", "red", "neutral"
-GAUGE_METRICS = (
-    ("ttft", "TTFT", "send → first generated token"),
-    ("tpot", "TPOT", "(E2E − TTFT) / (output tokens − 1), per request"),
-    ("itl", "ITL", "gap between token chunks, split per token"),
-    ("e2el", "E2E", "send → last token"),
-)
+# (name, label, definition) of each UI gauge, read from the metric catalog
+GAUGE_METRICS = tuple((m.name, m.label, m.definition) for m in catalog.rows(catalog.GAUGE_METRICS))
 
 
 @dataclass(frozen=True)
@@ -99,33 +98,23 @@ class StepPoint:
         return getattr(self, f"{metric}_p99_ms")
 
 
-def step_point(step: Any, slo: Slo, now_ns: int) -> StepPoint:
+def step_point(step: Step, slo: Slo, now_ns: int) -> StepPoint:
     """A `StepPoint` from a collector `Step` (cheap: a few percentile look-ups)."""
-    dur = step.duration_s(now_ns)
-    c = step.counts
-    # old steps keep their histograms packed (`Step.histogram` decodes them)
-    hists = step.all_histograms() if hasattr(step, "all_histograms") else step.histograms
-
-    def p99(m: str) -> float:
-        return histogram_value_ms(hists, m, "p99")
-
-    ok: bool | None = None
-    if slo and c.completed + c.failed:
-        done = c.completed + c.failed
-        results = slo.evaluate(lambda m, st: histogram_value_ms(hists, m, st), c.failed / done)
-        ok = all(r.ok for r in results)
+    f = step_figures(step, now_ns)  # old steps' packed histograms come back decoded
+    c = f.counts
+    ok = all(r.ok for r in f.judge(slo)) if slo and f.done else None
     return StepPoint(
         index=step.index,
         offered=step.offered,
-        duration_s=dur,
+        duration_s=f.duration_s,
         completed=c.completed,
         failed=c.failed,
-        achieved_rps=c.completed / dur if dur else 0.0,
-        output_tps=c.output_tokens / dur if dur else 0.0,
-        ttft_p99_ms=p99("ttft"),
-        tpot_p99_ms=p99("tpot"),
-        itl_p99_ms=p99("itl"),
-        e2el_p99_ms=p99("e2el"),
+        achieved_rps=f.request_throughput,
+        output_tps=f.output_throughput,
+        ttft_p99_ms=f.value_ms("ttft", "p99"),
+        tpot_p99_ms=f.value_ms("tpot", "p99"),
+        itl_p99_ms=f.value_ms("itl", "p99"),
+        e2el_p99_ms=f.value_ms("e2el", "p99"),
         slo_ok=ok,
     )
 

@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from llmtop.tui.model import GAUGE_METRICS
+from llmtop.metrics.catalog import CATALOG
 
 KEYS = (
     ("↑ / ↓", "rate (or concurrency) up / down one step"),
@@ -25,10 +25,8 @@ KEYS = (
     ("?", "this help"),
     ("q / Ctrl-C", "stop the load and quit; what was measured is kept"),
 )
+# what the screen shows besides the live metrics (their definitions come from the catalog)
 MORE = (
-    ("send slip", "actual send − intended send (open-loop schedule); high = client-bound"),
-    ("queue wait", "wait for a --max-concurrency slot (the client's own queue)"),
-    ("goodput", "completed req/s within every per-request SLO limit"),
     ("window", "gauges are p50 / p99 over the sliding window (--window, default 10 s)"),
     ("gauge bar", "█ up to p50, ▓ up to p99, │ the SLO limit; amber ≥ 80 % of it, red past it"),
     ("curve", "one point per rate step held ≥ 2 s: p99 vs achieved req/s"),
@@ -60,8 +58,9 @@ class HelpScreen(ModalScreen[None]):
         metrics = Table.grid(padding=(0, 2))
         metrics.add_column(style="bold")
         metrics.add_column()
-        for _, label, definition in GAUGE_METRICS:
-            metrics.add_row(label, definition)
+        for m in CATALOG:
+            if m.live:
+                metrics.add_row(m.label, m.definition)
         for label, definition in MORE:
             metrics.add_row(label, definition)
         with VerticalScroll(id="help-body"):

@@ -1,0 +1,161 @@
+"""Figures: what a stretch of the run measured, computed in one place.
+
+A step (the knee runner, the UI's curve, the snapshot), the sliding window (telemetry) and
+the whole run (the summary) are each a set of histograms, counters and a length of time;
+`Figures` turns any of them into throughputs, goodput, the error rate, any statistic of any
+metric and the SLO verdict, so these figures are computed the same way wherever they show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llmtop.metrics.catalog import METRICS
+from llmtop.metrics.collector import Collector, Counts, Step
+from llmtop.metrics.hdr import Histogram, MetricSummary, stat_ms, summarize
+from llmtop.slo import LimitResult, Slo
+
+
+def error_rate(c: Counts) -> float:
+    """failed / (completed + failed); 0 when nothing finished."""
+    done = c.completed + c.failed
+    return c.failed / done if done else 0.0
+
+
+def histogram_value_ms(histograms: Mapping[str, Histogram], metric: str, stat: str) -> float:
+    """A statistic ("p99", "mean", "max"...) of one metric's histogram (µs) in ms; NaN when
+    the metric has no histogram or it holds nothing."""
+    return stat_ms(histograms.get(metric), stat)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The histograms, counters and duration of one stretch of the run, and what they say."""
+
+    histograms: Mapping[str, Histogram]
+    counts: Counts
+    duration_s: float
+
+    def per_s(self, n: float, empty: float = 0.0) -> float:
+        """A count as a rate over this stretch; `empty` when it has no length yet."""
+        return n / self.duration_s if self.duration_s else empty
+
+    @property
+    def request_throughput(self) -> float:
+        return self.per_s(self.counts.completed)
+
+    @property
+    def output_throughput(self) -> float:
+        return self.per_s(self.counts.output_tokens)
+
+    @property
+    def total_throughput(self) -> float:
+        return self.per_s(self.counts.input_tokens + self.counts.output_tokens)
+
+    @property
+    def goodput(self) -> float:
+        """Requests per second that met every per-request SLO limit."""
+        return self.per_s(self.counts.good)
+
+    @property
+    def done(self) -> int:
+        """Requests that finished, well or not (the error rate's denominator)."""
+        return self.counts.completed + self.counts.failed
+
+    @property
+    def error_rate(self) -> float:
+        return error_rate(self.counts)
+
+    def value_ms(self, metric: str, stat: str) -> float:
+        return histogram_value_ms(self.histograms, metric, stat)
+
+    def summary(self, metric: str) -> MetricSummary:
+        return summarize(self.histograms[metric])
+
+    def judge(self, slo: Slo) -> list[LimitResult]:
+        """Every limit of the SLO against these figures."""
+        return slo.evaluate(self.value_ms, self.error_rate)
+
+
+def step_figures(step: Step, now_ns: int | None = None) -> Figures:
+    """A rate step's figures (a running step is measured up to `now_ns`)."""
+    return Figures(step.all_histograms(), step.counts, step.duration_s(now_ns))
+
+
+def window_figures(collector: Collector) -> Figures:
+    """The sliding window's figures (live views: read them before the next tick)."""
+    counts, span_s = collector.window_counts()
+    hists = {m: collector.window_histogram(m) for m in METRICS}
+    return Figures(hists, counts, span_s)
+
+
+def run_figures(collector: Collector) -> Figures:
+    """The whole run's figures, over the measured duration (as vllm bench measures it)."""
+    return Figures(collector.cumulative, collector.counts, collector.duration_s())
+
+
+def slo_results(results: list[LimitResult]) -> list[dict[str, Any]]:
+    """SLO results in the JSON shape of summaries and snapshots."""
+    return [{"limit": r.limit.text, "value": r.value, "ok": r.ok} for r in results]
+
+
+def step_summary(step: Step, slo: Slo | None = None, now_ns: int | None = None) -> dict[str, Any]:
+    """One step's figures: achieved throughput, goodput, percentiles, and the SLO verdict."""
+    f = step_figures(step, now_ns)
+    c = f.counts
+    out: dict[str, Any] = {
+        "index": step.index,
+        "label": step.label,
+        "offered": step.offered,
+        "duration_s": f.duration_s,
+        "completed": c.completed,
+        "failed": c.failed,
+        "errors": dict(c.errors),
+        "request_throughput": f.request_throughput,
+        "output_throughput": f.output_throughput,
+        "goodput": f.goodput,
+        "error_rate": f.error_rate,
+    }
+    for m in METRICS:
+        out[f"{m}_ms"] = f.summary(m).as_dict()
+    if slo:
+        results = f.judge(slo)
+        out["slo"] = slo_results(results)
+        out["slo_ok"] = all(r.ok for r in results)
+    return out
+
+
+def run_summary(collector: Collector, slo: Slo | None = None) -> dict[str, Any]:
+    """The whole-run figures, in the `--json` shape; the SLO verdict when there is one."""
+    f = run_figures(collector)
+    c = f.counts
+    per_request_limits = bool(collector.request_limits_us)
+    out: dict[str, Any] = {f"{m}_ms": f.summary(m).as_dict() for m in METRICS}
+    out.update(
+        completed=c.completed,
+        failed=c.failed,
+        cancelled=c.cancelled,
+        warmup_requests=c.warmup,
+        errors=dict(c.errors),
+        error_examples=dict(collector.error_examples),
+        input_tokens=c.input_tokens,
+        output_tokens=c.output_tokens,
+        duration_s=f.duration_s,
+        request_throughput=f.request_throughput,
+        goodput=f.goodput if f.duration_s and per_request_limits else None,
+        good_requests=c.good if per_request_limits else None,
+        output_throughput=f.output_throughput,
+        total_throughput=f.total_throughput,
+        out_of_range=dict(collector.out_of_range),
+        late_records=collector.late_records,
+    )
+    if slo:
+        results = f.judge(slo)
+        out["slo"] = {
+            "text": slo.text,
+            "ok": all(r.ok for r in results),
+            "limits": slo_results(results),
+        }
+    return out
