@@ -63,6 +63,11 @@ def _fail(message: str) -> NoReturn:
     help="Split long prompts across iterations (vllm default on, trtllm off).",
 )
 @click.option(
+    "--enable-prefix-caching/--no-enable-prefix-caching",
+    default=None,
+    help="Reuse the KV blocks of shared prompt prefixes (default on, as vLLM V1 and trtllm).",
+)
+@click.option(
     "--gpu-memory-utilization",
     type=float,
     default=None,
@@ -95,6 +100,7 @@ def sim_command(
     max_num_seqs: int | None,
     max_num_batched_tokens: int | None,
     enable_chunked_prefill: bool | None,
+    enable_prefix_caching: bool | None,
     gpu_memory_utilization: float | None,
     host: str,
     port: int,
@@ -112,6 +118,7 @@ def sim_command(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             enable_chunked_prefill=enable_chunked_prefill,
+            enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
         )

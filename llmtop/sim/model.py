@@ -104,6 +104,11 @@ class FlavourParams:
     # For vLLM, utilisation is a share of total memory; for trtllm, of what is free after
     # the weights (kv_cache_free_gpu_memory_fraction).
     util_of_free: bool = False
+    enable_prefix_caching: bool = True  # vLLM V1 and trtllm-serve (block reuse) default on
+    # trtllm-build tunes one optimization profile at opt_num_tokens = max_batch_size: an
+    # engine built for a small batch runs its context steps on kernels chosen for a few
+    # tokens (see docs/sim.md, "Small batches").
+    opt_profile_penalty: bool = False
 
 
 def flavour_defaults(engine: str, gpu: GpuPreset) -> FlavourParams:
@@ -114,7 +119,7 @@ def flavour_defaults(engine: str, gpu: GpuPreset) -> FlavourParams:
             engine="vllm",
             eff_flops=0.78,
             eff_bw=0.85,
-            step_overhead_s=0.0015,
+            step_overhead_s=0.0025,
             per_seq_overhead_s=10e-6,
             block_size=16,
             chunked_prefill=True,
@@ -137,6 +142,7 @@ def flavour_defaults(engine: str, gpu: GpuPreset) -> FlavourParams:
             max_num_seqs=2048,
             max_num_batched_tokens=8192,
             util_of_free=True,
+            opt_profile_penalty=True,
         )
     raise SimConfigError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
 
@@ -173,6 +179,7 @@ class SimSettings:
             "enable_chunked_prefill": f.chunked_prefill,
             "gpu_memory_utilization": f.gpu_memory_utilization,
             "block_size": f.block_size,
+            "enable_prefix_caching": f.enable_prefix_caching,
             "num_kv_blocks": self.num_blocks,
             "kv_capacity_tokens": self.kv_capacity_tokens,
             "max_model_len": self.model.max_model_len,
@@ -200,6 +207,7 @@ def build_settings(
     enable_chunked_prefill: bool | None = None,
     gpu_memory_utilization: float | None = None,
     seed: int = 0,
+    enable_prefix_caching: bool | None = None,
 ) -> SimSettings:
     """Resolve presets and overrides into settings; raise SimConfigError with one line."""
     if engine not in ENGINES:
@@ -218,6 +226,8 @@ def build_settings(
         f = replace(f, max_num_seqs=max_num_seqs)
     if enable_chunked_prefill is not None:
         f = replace(f, chunked_prefill=enable_chunked_prefill)
+    if enable_prefix_caching is not None:
+        f = replace(f, enable_prefix_caching=enable_prefix_caching)
     if max_num_batched_tokens is not None:
         if max_num_batched_tokens < 1:
             raise SimConfigError(
@@ -274,6 +284,19 @@ def build_settings(
     )
 
 
+OPT_PROFILE_FULL_TOKENS = 128  # an opt_num_tokens from which GEMM tiles are full-size
+OPT_PROFILE_EXPONENT = 0.27  # calibrated to the study's scenario 1 (docs/sim.md)
+
+
+def opt_profile_efficiency(opt_num_tokens: int) -> float:
+    """Share of the context-step FLOP rate an engine tuned for `opt_num_tokens` keeps.
+
+    TensorRT picks kernels at the profile's optimum shape; tuned for a handful of tokens,
+    they run a 2048-token context on small tiles. 1.0 from OPT_PROFILE_FULL_TOKENS up.
+    """
+    return min(1.0, (max(opt_num_tokens, 1) / OPT_PROFILE_FULL_TOKENS) ** OPT_PROFILE_EXPONENT)
+
+
 @dataclass(frozen=True)
 class SeqWork:
     """One sequence's share of a step: `new` tokens computed on top of `context` cached."""
@@ -290,6 +313,11 @@ class PerfModel:
         self.s = settings
         m, g, f, tp = settings.model, settings.gpu, settings.flavour, settings.tp
         self._flops_rate = g.peak_flops * f.eff_flops * tp
+        # Steps wider than the engine's optimization profile run at a lower rate.
+        self._opt_tokens = min(f.max_num_seqs, f.max_num_batched_tokens)
+        self._wide_flops_rate = self._flops_rate * (
+            opt_profile_efficiency(self._opt_tokens) if f.opt_profile_penalty else 1.0
+        )
         self._bw_rate = g.mem_bw * f.eff_bw * tp
         self._lin2 = 2.0 * m.linear_params
         self._head2 = 2.0 * m.hidden * m.vocab
@@ -329,7 +357,8 @@ class PerfModel:
             return 0.0
         flops = self._lin2 * tokens + self._head2 * sampled + self._attn4 * attn
         mem = self._weights + self._kv_tok * kv_read + self._act_tok * tokens
-        t = max(flops / self._flops_rate, mem / self._bw_rate)
+        rate = self._flops_rate if tokens <= self._opt_tokens else self._wide_flops_rate
+        t = max(flops / rate, mem / self._bw_rate)
         f = self.s.flavour
         return (
             t

@@ -100,7 +100,9 @@ def drain_iter_stats(
     per_block = settings.kv_bytes_per_gpu / max(total, 1)
     out = []
     while stats:
-        (ts, it, lat_ms, new, active, queued, done, ctx, gen, ctx_tok, free) = stats.popleft()
+        (ts, it, lat_ms, new, active, queued, done, ctx, gen, ctx_tok, free, reused, missed) = (
+            stats.popleft()
+        )
         used = total - free
         out.append(
             {
@@ -125,9 +127,9 @@ def drain_iter_stats(
                     "tokensPerBlock": f.block_size,
                     "allocTotalBlocks": used,
                     "allocNewBlocks": 0,
-                    "reusedBlocks": 0,
-                    "missedBlocks": 0,
-                    "cacheHitRate": 0.0,
+                    "reusedBlocks": reused,
+                    "missedBlocks": missed,
+                    "cacheHitRate": reused / (reused + missed) if reused + missed else 0.0,
                 },
                 "inflightBatchingStats": {
                     "numScheduledRequests": ctx + gen,

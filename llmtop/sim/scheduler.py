@@ -10,6 +10,11 @@ token budget per step, chunked prefill, recompute preemption of the newest runni
 when KV blocks run out). With `reserve_full` it follows TensorRT-LLM's default
 GUARANTEED_NO_EVICT capacity policy instead: a request is admitted only when KV blocks for
 its prompt plus max_tokens are free, so nothing is ever preempted.
+
+Prefix caching (`llmtop.sim.kvcache`): a request that carries its prompt's token ids starts
+with the longest run of cached full blocks it shares with earlier sequences (never the
+whole prompt: the last token is always computed, as in vLLM), and only the rest is
+prefilled. Requests without token ids (the discrete-event runs) never hit.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtop.sim.kvcache import ROOT_HASH, KvBlocks, block_hashes
 from llmtop.sim.model import PerfModel, SimSettings, blocks_for
+from llmtop.sim.tokens import EOT, WORDS, text_token_ids
 
 WAITING, RUNNING, FINISHED = 0, 1, 2
 
@@ -35,12 +42,21 @@ class SimRequest:
     eos: bool = False  # stop_at comes from a sampled EOS rather than max_tokens
     num_computed: int = 0  # tokens whose K/V are in the cache
     output_len: int = 0
-    blocks: int = 0
     state: int = WAITING
     first_token_time: float | None = None
     finish_time: float | None = None
     preemptions: int = 0
     sink: Any = None
+    token_ids: list[int] | None = None  # the prompt's ids; None: no prefix caching
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)  # of full blocks known so far
+    num_registered: int = 0  # leading blocks entered in the prefix cache
+    num_cached_tokens: int = 0  # prompt tokens found in the cache when first scheduled
+    scheduled_time: float | None = None  # start of the step that first scheduled it
+
+    @property
+    def blocks(self) -> int:
+        return len(self.block_ids)
 
     @property
     def finish_reason(self) -> str:
@@ -81,7 +97,10 @@ class Scheduler:
         self.chunked = f.chunked_prefill
         self.reserve_full = f.reserve_full
         self.total_blocks = settings.num_blocks
-        self.free_blocks = settings.num_blocks
+        self.kv = KvBlocks(settings.num_blocks, f.enable_prefix_caching)
+        self.caching = f.enable_prefix_caching
+        vocab = settings.model.vocab
+        self._word_ids = [text_token_ids(w, vocab)[0] for w in WORDS]
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
         self.num_preemptions_total = 0
@@ -89,6 +108,8 @@ class Scheduler:
         self.generation_tokens_total = 0
         self.prefix_cache_queries_total = 0
         self.prefix_cache_hits_total = 0
+        self.blocks_reused_total = 0  # trtllm's kvCacheStats reusedBlocks / missedBlocks
+        self.blocks_missed_total = 0
         self.num_finished_total = 0
         self.iterations = 0
 
@@ -96,6 +117,8 @@ class Scheduler:
     def add(self, req: SimRequest) -> None:
         """Queue a request; the caller has already checked it fits max_model_len."""
         req.state = WAITING
+        if self.caching and req.token_ids is not None and not req.block_hashes:
+            req.block_hashes = block_hashes(req.token_ids, self.block_size)
         self.waiting.append(req)
 
     def abort(self, req: SimRequest) -> None:
@@ -116,21 +139,57 @@ class Scheduler:
         return bool(self.running or self.waiting)
 
     @property
+    def free_blocks(self) -> int:
+        """Blocks nobody uses, cached or not (cached ones are evicted when needed)."""
+        return self.kv.num_free
+
+    @property
     def kv_usage(self) -> float:
         """Fraction of KV blocks in use (vllm:kv_cache_usage_perc is this, 0..1)."""
         if not self.total_blocks:
             return 0.0
-        return 1.0 - self.free_blocks / self.total_blocks
+        return 1.0 - self.kv.num_free / self.total_blocks
+
+    def reset_prefix_cache(self) -> int:
+        """Forget cached blocks nobody uses; returns how many were dropped."""
+        return self.kv.reset()
 
     def _free(self, req: SimRequest) -> None:
-        self.free_blocks += req.blocks
-        req.blocks = 0
+        self.kv.release(req.block_ids)
+        req.block_ids = []
+        req.num_registered = 0
+
+    def _token_id(self, req: SimRequest, pos: int) -> int:
+        """Token id at `pos` of the request's sequence (prompt, then generated words)."""
+        if pos < req.prompt_len:
+            assert req.token_ids is not None
+            return req.token_ids[pos]
+        k = pos - req.prompt_len
+        if req.eos and k == req.stop_at - 1:
+            return EOT  # Llama-3's end of turn: a later turn's template has it there too
+        return self._word_ids[(req.rid * 7 + k) % len(self._word_ids)]
+
+    def _register(self, req: SimRequest, full: int) -> None:
+        """Enter the request's newly full, computed blocks in the prefix cache."""
+        hashes = req.block_hashes
+        bs = self.block_size
+        while len(hashes) < full:
+            j = len(hashes)
+            parent = hashes[-1] if hashes else ROOT_HASH
+            hashes.append(
+                hash((parent, *(self._token_id(req, p) for p in range(j * bs, (j + 1) * bs))))
+            )
+        kv = self.kv
+        for j in range(req.num_registered, full):
+            kv.cache_block(req.block_ids[j], hashes[j])
+        req.num_registered = full
 
     # -- one iteration -----------------------------------------------------------------
     def schedule(self) -> Step | None:
         """Plan the next iteration; None when there is nothing to run."""
         budget = self.budget
         bs = self.block_size
+        kv = self.kv
         work: list[tuple[SimRequest, int]] = []
         tokens = sampled = kv_read = 0
         attn = 0.0
@@ -144,9 +203,9 @@ class Scheduler:
             remaining = total - req.num_computed
             n = remaining if remaining < budget else budget
             if not self.reserve_full:
-                need = blocks_for(req.num_computed + n, bs) - req.blocks
+                need = blocks_for(req.num_computed + n, bs) - len(req.block_ids)
                 scheduled_self = True
-                while need > self.free_blocks:
+                while need > kv.num_free:
                     victim = running.pop()
                     self._preempt(victim)
                     preempted += 1
@@ -156,8 +215,7 @@ class Scheduler:
                 if not scheduled_self:
                     break
                 if need > 0:
-                    req.blocks += need
-                    self.free_blocks -= need
+                    req.block_ids += kv.allocate(need)
             ctx = req.num_computed
             work.append((req, n))
             budget -= n
@@ -179,29 +237,38 @@ class Scheduler:
             while waiting and budget > 0 and len(running) < self.max_num_seqs:
                 req = waiting[0]
                 total = req.prompt_len + req.output_len
-                remaining = total - req.num_computed
+                hit = kv.lookup(req.block_hashes, (total - 1) // bs) if self.caching else []
+                cached = len(hit) * bs
+                remaining = total - cached
                 if remaining > budget and not self.chunked:
                     break
                 n = remaining if remaining < budget else budget
                 if self.reserve_full:
-                    need = blocks_for(req.prompt_len + req.max_tokens, bs)
+                    need = blocks_for(req.prompt_len + req.max_tokens, bs) - len(hit)
                 else:
-                    need = blocks_for(n, bs)
-                if need > self.free_blocks:
+                    need = blocks_for(cached + n, bs) - len(hit)
+                if need + (kv.evictable(hit) if hit else 0) > kv.num_free:
                     break
                 waiting.popleft()
-                req.blocks += need
-                self.free_blocks -= need
+                if hit:
+                    kv.touch(hit)
+                req.block_ids = hit + kv.allocate(need)
+                req.num_registered = len(hit)
+                req.num_computed = cached
                 req.state = RUNNING
                 running.append(req)
                 if req.preemptions == 0:
+                    req.num_cached_tokens = cached
                     self.prompt_tokens_total += req.prompt_len
                     self.prefix_cache_queries_total += req.prompt_len
+                    self.prefix_cache_hits_total += cached
+                    self.blocks_reused_total += len(hit)
+                    self.blocks_missed_total += blocks_for(req.prompt_len, bs) - len(hit)
                 work.append((req, n))
                 budget -= n
                 tokens += n
-                attn += n * (n * 0.5)
-                kv_read += n
+                attn += n * (cached + n * 0.5)
+                kv_read += cached + n
                 if n == remaining:
                     sampled += 1
                 ctx_reqs += 1
@@ -227,10 +294,18 @@ class Scheduler:
         out = StepResult()
         emitted = out.emitted
         any_finished = False
+        caching = self.caching
+        bs = self.block_size
         for req, n in step.work:
             if req.state != RUNNING:  # aborted while the step ran
                 continue
             req.num_computed += n
+            if (
+                caching
+                and req.token_ids is not None
+                and req.num_computed // bs > req.num_registered
+            ):
+                self._register(req, req.num_computed // bs)
             if req.num_computed >= req.prompt_len + req.output_len:
                 req.output_len += 1
                 emitted.append(req)

@@ -110,6 +110,8 @@ class SimServer:
             (b"POST", "/v1/completions"): self._completions,
             (b"POST", "/v1/chat/completions"): self._chat,
         }
+        if self.engine == "vllm":  # trtllm-serve has no such route
+            self._routes[(b"POST", "/reset_prefix_cache")] = self._reset_prefix_cache
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 8000) -> int:
@@ -196,6 +198,8 @@ class SimServer:
                     step.num_gen_requests,
                     step.num_ctx_tokens,
                     self.sched.free_blocks,
+                    self.sched.blocks_reused_total,
+                    self.sched.blocks_missed_total,
                 )
             )
         now = mono()
@@ -317,21 +321,37 @@ class SimServer:
 
     def _completions(self, conn: Conn, body: bytes, keep: bool) -> None:
         req = self._validated(body, fields.TRT_COMPLETION_FIELDS)
-        prompt_len = fields.completion_prompt_len(req)
-        self._submit(conn, req, prompt_len, chat=False, keep=keep, default_max=16)
+        ids: list[int] | None = None
+        if self.sched.caching:  # the prompt's ids are what the prefix cache hashes
+            ids = fields.completion_prompt_ids(req, self.settings.model.vocab)
+            prompt_len = len(ids)
+        else:
+            prompt_len = fields.completion_prompt_len(req)
+        self._submit(conn, req, prompt_len, ids, chat=False, keep=keep, default_max=16)
 
     def _chat(self, conn: Conn, body: bytes, keep: bool) -> None:
         req = self._validated(body, fields.TRT_CHAT_FIELDS)
-        prompt_len = fields.count_chat(req)
+        ids: list[int] | None = None
+        if self.sched.caching:
+            ids = fields.chat_prompt_ids(req, self.settings.model.vocab)
+            prompt_len = len(ids)
+        else:
+            prompt_len = fields.count_chat(req)
         if req.get("max_completion_tokens") is not None:
             req = dict(req, max_tokens=req["max_completion_tokens"])
-        self._submit(conn, req, prompt_len, chat=True, keep=keep, default_max=None)
+        self._submit(conn, req, prompt_len, ids, chat=True, keep=keep, default_max=None)
+
+    def _reset_prefix_cache(self, conn: Conn, body: bytes, keep: bool) -> None:
+        """vLLM's POST /reset_prefix_cache: drop cached blocks nobody uses; 200, no body."""
+        self.sched.reset_prefix_cache()
+        conn.send(200, b"application/json", b"", keep)
 
     def _submit(
         self,
         conn: Conn,
         req: dict[str, Any],
         prompt_len: int,
+        token_ids: list[int] | None,
         *,
         chat: bool,
         keep: bool,
@@ -357,6 +377,7 @@ class SimServer:
             stop_at=stop_at,
             arrival=time.monotonic(),
             eos=eos,
+            token_ids=token_ids,
         )
         rid_str = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())

@@ -89,6 +89,13 @@ class StreamSink:
             )
             self.role_chunk = b""
 
+    def _details(self, req: SimRequest) -> bytes:
+        """vLLM's final usage: cached_tokens when some were; completions dump unset as null."""
+        c = req.num_cached_tokens
+        if c:
+            return b',"prompt_tokens_details":{"cached_tokens":%d}' % c
+        return b"" if self.chat else b',"prompt_tokens_details":null'
+
     def token(self, req: SimRequest) -> None:
         """Write the chunk for the token `req` just produced (and the ending if done)."""
         t = self.conn.transport
@@ -119,7 +126,7 @@ class StreamSink:
                 p = self.prompt_len
                 u = (
                     b'],"usage":{"prompt_tokens":%d,"total_tokens":%d,'
-                    b'"completion_tokens":%d}}\n\n' % (p, p + k, k)
+                    b'"completion_tokens":%d%s}}\n\n' % (p, p + k, k, self._details(req))
                 )
                 payload += self.usage_chunk_head + u
             payload += b"data: [DONE]\n\n"
@@ -174,7 +181,9 @@ class FullSink:
             "prompt_tokens": self.prompt_len,
             "total_tokens": self.prompt_len + k,
             "completion_tokens": k,
-            "prompt_tokens_details": None,
+            "prompt_tokens_details": (
+                {"cached_tokens": req.num_cached_tokens} if req.num_cached_tokens else None
+            ),
         }
         reason = "stop" if stop else "length"
         if self.chat:
