@@ -29,6 +29,9 @@ class GpuPreset:
     link_bw: float  # per-GPU tensor-parallel all-reduce bandwidth, bytes/s
     link_latency_s: float  # one all-reduce's fixed latency
     large: bool  # vLLM picks bigger default batch settings on >= 70 GiB non-A100 parts
+    idle_w: float  # board power with nothing running (what DCGM reports at rest)
+    tdp_w: float  # board power limit (TDP)
+    product: str  # the name nvidia-smi and DCGM give it
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,21 @@ class ModelPreset:
 
 
 GPUS: dict[str, GpuPreset] = {
-    "a100-80g": GpuPreset("a100-80g", 312e12, 2.039e12, 80 * GIB, 300e9, 8e-6, False),
-    "h100-sxm": GpuPreset("h100-sxm", 989e12, 3.35e12, 80 * GIB, 450e9, 6e-6, True),
-    "h200": GpuPreset("h200", 989e12, 4.8e12, 141 * 10**9, 450e9, 6e-6, True),
-    "l40s": GpuPreset("l40s", 362e12, 0.864e12, 48 * GIB, 32e9, 15e-6, False),
-}
+    "a100-80g": GpuPreset(
+        "a100-80g", 312e12, 2.039e12, 80 * GIB, 300e9, 8e-6, False,
+        60.0, 400.0, "NVIDIA A100-SXM4-80GB",
+    ),
+    "h100-sxm": GpuPreset(
+        "h100-sxm", 989e12, 3.35e12, 80 * GIB, 450e9, 6e-6, True,
+        70.0, 700.0, "NVIDIA H100 80GB HBM3",
+    ),
+    "h200": GpuPreset(
+        "h200", 989e12, 4.8e12, 141 * 10**9, 450e9, 6e-6, True, 75.0, 700.0, "NVIDIA H200",
+    ),
+    "l40s": GpuPreset(
+        "l40s", 362e12, 0.864e12, 48 * GIB, 32e9, 15e-6, False, 35.0, 350.0, "NVIDIA L40S",
+    ),
+}  # fmt: skip
 
 MODELS: dict[str, ModelPreset] = {
     "llama-3-8b": ModelPreset("llama-3-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8.03e9, 8192),
@@ -323,6 +336,8 @@ class PerfModel:
         self._head2 = 2.0 * m.hidden * m.vocab
         self._attn4 = 4.0 * m.layers * m.heads * m.head_dim
         self._kv_tok = float(m.kv_bytes_per_token)
+        self.last_gpu_s = 0.0
+        self.last_compute_share = 0.0
         self._weights = m.weight_bytes
         self._act_tok = 2.0 * m.hidden * 2 * m.layers  # activations in/out per layer, BF16
         if tp > 1:
@@ -354,19 +369,19 @@ class PerfModel:
         kv_read = sum of context + new (tokens whose K/V are read once per layer).
         """
         if nseq == 0:
+            self.last_gpu_s = self.last_compute_share = 0.0
             return 0.0
         flops = self._lin2 * tokens + self._head2 * sampled + self._attn4 * attn
         mem = self._weights + self._kv_tok * kv_read + self._act_tok * tokens
         rate = self._flops_rate if tokens <= self._opt_tokens else self._wide_flops_rate
-        t = max(flops / rate, mem / self._bw_rate)
+        t_flops = flops / rate
+        t = max(t_flops, mem / self._bw_rate)
         f = self.s.flavour
-        return (
-            t
-            + f.step_overhead_s
-            + f.per_seq_overhead_s * nseq
-            + self._comm_fixed
-            + self._comm_per_tok * tokens
-        )
+        gpu = t + self._comm_fixed + self._comm_per_tok * tokens
+        # For the GPU meter (llmtop.sim.gpu): kernel time and how compute-bound it was.
+        self.last_gpu_s = gpu
+        self.last_compute_share = t_flops / t if t > 0 else 0.0
+        return gpu + f.step_overhead_s + f.per_seq_overhead_s * nseq
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

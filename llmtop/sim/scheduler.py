@@ -53,6 +53,7 @@ class SimRequest:
     num_registered: int = 0  # leading blocks entered in the prefix cache
     num_cached_tokens: int = 0  # prompt tokens found in the cache when first scheduled
     scheduled_time: float | None = None  # start of the step that first scheduled it
+    last_token_time: float | None = None
 
     @property
     def blocks(self) -> int:
@@ -74,6 +75,9 @@ class Step:
     num_ctx_tokens: int
     num_new_requests: int
     preempted: int
+    admitted: list[SimRequest] = field(default_factory=list)  # scheduled for the first time
+    gpu_s: float = 0.0  # of `duration`, the kernels' share (the rest is host time)
+    compute_share: float = 0.0  # compute-bound fraction of the kernels' roofline time
 
 
 @dataclass(slots=True)
@@ -232,6 +236,7 @@ class Scheduler:
             i += 1
 
         new_reqs = 0
+        admitted: list[SimRequest] = []
         if not preempted:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < self.max_num_seqs:
@@ -258,6 +263,7 @@ class Scheduler:
                 req.state = RUNNING
                 running.append(req)
                 if req.preemptions == 0:
+                    admitted.append(req)
                     req.num_cached_tokens = cached
                     self.prompt_tokens_total += req.prompt_len
                     self.prefix_cache_queries_total += req.prompt_len
@@ -277,7 +283,19 @@ class Scheduler:
         if not work:
             return None
         duration = self.perf.step_time_agg(tokens, sampled, attn, kv_read, len(work))
-        return Step(work, duration, ctx_reqs, gen_reqs, ctx_tokens, new_reqs, preempted)
+        perf = self.perf
+        return Step(
+            work,
+            duration,
+            ctx_reqs,
+            gen_reqs,
+            ctx_tokens,
+            new_reqs,
+            preempted,
+            admitted,
+            perf.last_gpu_s,
+            perf.last_compute_share,
+        )
 
     def _preempt(self, req: SimRequest) -> None:
         """Recompute preemption: drop its KV, put it first in line, keep its output."""

@@ -21,9 +21,16 @@ from typing import Any
 
 from llmtop import __version__ as LLMTOP_VERSION
 from llmtop.sim import fields
+from llmtop.sim.gpu import GpuMeter
 from llmtop.sim.http import MAX_BODY_BYTES, MAX_HEADER_BYTES, ApiError, Conn
 from llmtop.sim.model import SimSettings
-from llmtop.sim.prom import ITER_STATS_MAX, PROM_CONTENT_TYPE, drain_iter_stats, vllm_metrics_text
+from llmtop.sim.prom import (
+    ITER_STATS_MAX,
+    PROM_CONTENT_TYPE,
+    RequestHistograms,
+    drain_iter_stats,
+    vllm_metrics_text,
+)
 from llmtop.sim.scheduler import FINISHED, Scheduler, SimRequest, Step
 from llmtop.sim.wire import FullSink, StreamSink
 
@@ -99,11 +106,15 @@ class SimServer:
         self._iter_stats: deque[tuple[Any, ...]] = deque(maxlen=ITER_STATS_MAX)
         self._queue_lat_sum = 0.0
         self.finished_by_reason = {"length": 0, "stop": 0, "abort": 0}
+        # vLLM's latency histograms (the trtllm flavour's /metrics has none) and the GPUs
+        self.hists = RequestHistograms() if self.engine == "vllm" else None
+        self.gpu_meter = GpuMeter(settings, time.monotonic(), time_scale)
         self._routes: dict[tuple[bytes, str], Callable[[Conn, bytes, bool], None]] = {
             (b"GET", "/health"): self._health,
             (b"GET", "/version"): self._version,
             (b"GET", "/v1/models"): self._models,
             (b"GET", "/metrics"): self._metrics,
+            (b"GET", "/dcgm/metrics"): self._dcgm_metrics,
             (b"GET", "/sim/stats"): self._stats,
             (b"POST", "/sim/reset"): self._reset_stats,
             (b"POST", "/tokenize"): self._tokenize,
@@ -156,6 +167,9 @@ class SimServer:
             return
         self._step_start = start
         self._step_end = start + step.duration / self.time_scale
+        for req in step.admitted:
+            req.scheduled_time = start
+        self.gpu_meter.step_started(start, step.gpu_s, step.compute_share)
         assert self._loop is not None
         # Event-loop timers are millisecond-grained (epoll / libuv): wake up to
         # _WAKE_EARLY_S early and sleep the remainder precisely in _end_step.
@@ -182,8 +196,15 @@ class SimServer:
                 rec(mono() - end)
                 sink.token(req)
         self.tokens_emitted += len(res.emitted)
+        self.gpu_meter.step_ended(end)
+        hists = self.hists
+        if hists is not None:
+            for req in res.emitted:
+                hists.token(req, end)
         for req in res.finished:
             self.finished_by_reason[req.finish_reason] += 1
+            if hists is not None:
+                hists.finished(req, end)
         if self.engine == "trtllm":
             self._iter_stats.append(
                 (
@@ -295,8 +316,12 @@ class SimServer:
         if self.engine == "trtllm":
             conn.send_json(200, drain_iter_stats(self.settings, self.sched, self._iter_stats), keep)
             return
-        text = vllm_metrics_text(self.model_name, self.sched, self.finished_by_reason)
+        text = vllm_metrics_text(self.model_name, self.sched, self.finished_by_reason, self.hists)
         conn.send(200, PROM_CONTENT_TYPE, text, keep)
+
+    def _dcgm_metrics(self, conn: Conn, body: bytes, keep: bool) -> None:
+        """dcgm-exporter's text for the simulated GPUs (one series per tensor-parallel GPU)."""
+        conn.send(200, PROM_CONTENT_TYPE, self.gpu_meter.text(time.monotonic()), keep)
 
     # -- requests ----------------------------------------------------------------------
     def _tokenize(self, conn: Conn, body: bytes, keep: bool) -> None:
