@@ -107,12 +107,18 @@ class LoadPlan:
         return self.concurrency is not None
 
     def describe(self) -> str:
+        """One line: the loop, the arrival process, any cap (what tables and JSON show)."""
         if self.closed_loop:
             return f"closed loop, {self.concurrency} concurrent"
-        rate = "inf" if math.isinf(self.request_rate) else f"{self.request_rate:g} req/s"
-        shape = "Poisson" if self.burstiness == 1.0 else f"gamma burstiness {self.burstiness:g}"
         cap = f", max {self.max_concurrency} in flight" if self.max_concurrency else ""
-        return f"open loop, {rate} ({shape}){cap}"
+        if math.isinf(self.request_rate):
+            return f"open loop, all at once{cap}"
+        shape = (
+            "Poisson arrivals"
+            if self.burstiness == 1.0
+            else f"gamma arrivals, burstiness {self.burstiness:g}"
+        )
+        return f"open loop, {self.request_rate:g} req/s ({shape}){cap}"
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,14 @@ class Timeouts:
     read_s: float = 120.0
 
 
+_FORMAT_WORDS = {
+    "token ids": "token-id prompts",
+    "text": "text prompts",
+    "chat messages": "chat messages",
+    "text_input (Triton)": "Triton text_input",
+}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything the load process needs; built once by the CLI."""
@@ -147,14 +161,60 @@ class RunConfig:
     # Dataset prompts (text, output tokens; 0 = the workload's output length), sent in order.
     dataset: tuple[tuple[str, int], ...] = ()
 
+    @property
+    def prompts_as(self) -> str:
+        """What the prompts are on the wire: token ids, text, chat messages or Triton text."""
+        api = self.target.api
+        if api == "triton":
+            return "text_input (Triton)"
+        if api == "chat":
+            return "chat messages"
+        if self.dataset or not self.dialect.token_id_prompts:
+            return "text"
+        return "token ids"
+
     def workload_public(self) -> dict[str, Any]:
+        """The workload as written to JSON: lengths only where they shape the prompts.
+
+        With a dataset the prompts come from the file, so the synthetic input length and
+        shared prefix are not recorded as if they had been used.
+        """
         w = dataclasses.asdict(self.workload)
         for key in ("input_dist", "output_dist"):
             dist = getattr(self.workload, key)
             w[key] = dist.text() if dist else None
         if self.dataset:
             w["dataset_prompts"] = len(self.dataset)
+            w["input_len"] = None
+            w["input_dist"] = None
+            w["shared_prefix_len"] = 0
+        w["prompts_as"] = self.prompts_as
+        w["text"] = self.describe_workload()
         return w
+
+    def describe_workload(self) -> str:
+        """One line: lengths or dataset, and the prompt format (what tables show)."""
+        wl = self.workload
+        out = wl.output_dist.text() if wl.output_dist else str(wl.output_len)
+        if self.dataset:
+            name = wl.dataset.rsplit("/", 1)[-1] or "dataset"
+            given = sum(1 for _, n in self.dataset if n)
+            if given == len(self.dataset):
+                outs = "output lengths from the file"
+            elif given:
+                outs = f"output lengths from the file, else {out}"
+            else:
+                outs = f"{out} out"
+            text = f"dataset {name} ({len(self.dataset)} prompts), {outs}"
+        else:
+            inp = wl.input_dist.text() if wl.input_dist else str(wl.input_len)
+            text = f"{inp} in / {out} out tokens"
+            if wl.shared_prefix_len:
+                text += f", shared prefix {wl.shared_prefix_len}"
+        text += ", " + _FORMAT_WORDS.get(self.prompts_as, self.prompts_as)
+        if not wl.ignore_eos:
+            text += ", may stop at EOS"
+        return text
 
     def public(self) -> dict[str, Any]:
         """The configuration as written to JSON, with secrets hidden."""

@@ -121,6 +121,8 @@ LENGTH_ALLOWED = (
     "a whole number >= 1, 'uniform:MIN:MAX', 'normal:MEAN:STDDEV' "
     "or a table {dist = 'uniform', min, max} / {dist = 'normal', mean, stddev}"
 )
+# The same on the command line, where a TOML table cannot be given.
+LENGTH_ALLOWED_CLI = "a whole number >= 1, uniform:MIN:MAX or normal:MEAN:STDDEV"
 _LENGTH: Check = (parse_length, LENGTH_ALLOWED)
 
 # section → key → (converter, allowed); the key is also the click parameter it sets.
@@ -170,6 +172,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "engine": _choice("vllm", "trtllm"),
         "gpu": (_str, "a GPU preset name"),
         "model": (_str, "a model preset name"),
+        "tp": _int(1),
     },
 }
 
@@ -235,6 +238,43 @@ class Profile:
                 out[key] = value
         return out
 
+    def describe(self) -> dict[str, str]:
+        """Workload, load and SLO in a few words each (what `llmtop profiles` lists)."""
+        o = self.options
+
+        def length(key: str) -> str:
+            v = o.get(key)
+            return v.text() if isinstance(v, LengthDist) else str(v) if v else "default"
+
+        if o.get("dataset"):
+            workload = f"dataset {Path(str(o['dataset'])).name}"
+        else:
+            workload = f"{length('input_len')} in / {length('output_len')} out"
+        if o.get("concurrency"):
+            load = f"closed loop, {o['concurrency']} concurrent"
+        elif "request_rate" in o:
+            rate = o["request_rate"]
+            load = "all at once" if math.isinf(rate) else f"{rate:g} req/s"
+        else:
+            load = "default rate"
+        if o.get("num_requests"):
+            load += f", {o['num_requests']} requests"
+        elif o.get("duration"):
+            load += f", {o['duration']:g} s"
+        over = self.search.get("over")
+        if over:
+            load += f"; knee over {'concurrency' if over == 'concurrency' else 'request rate'}"
+        sweep = (self.engine or {}).get("sweep")
+        if sweep:
+            load += "; sweeps " + ", ".join(sweep)
+        return {
+            "name": self.name,
+            "workload": workload,
+            "load": load,
+            "slo": self.slo or "-",
+            "description": self.description,
+        }
+
     def public(self) -> dict[str, Any]:
         """What a snapshot records about the profile it ran."""
         opts = {k: (v.text() if isinstance(v, LengthDist) else v) for k, v in self.options.items()}
@@ -252,10 +292,16 @@ class Profile:
         }
 
 
+def _looks_like_path(name: str | Path) -> bool:
+    """`./x.toml`, `dir/x`, `x.toml`: a file the user named, not a shipped profile's name."""
+    text = str(name)
+    return isinstance(name, Path) or "/" in text or text.endswith(".toml")
+
+
 def resolve_profile_path(name: str | Path) -> Path:
     """A path as given, else a shipped profile by name (`llama3-8b-2048-128`)."""
     path = Path(name)
-    if path.exists() or path.suffix or "/" in str(name):
+    if path.exists() or _looks_like_path(name):
         return path
     shipped = SHIPPED_DIR / f"{name}.toml"
     return shipped if shipped.exists() else path
@@ -291,8 +337,14 @@ def load_profile(name: str | Path) -> Profile:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if _looks_like_path(name):
+            raise ConfigError(f"{name}: no such file") from None
         shipped = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.toml")))
-        raise ConfigError(f"{path}: no such profile (shipped: {shipped})") from None
+        raise ConfigError(
+            f"no such profile {str(name)!r} (shipped: {shipped}; `llmtop profiles` lists them)"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a profile file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read profile: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -333,6 +385,11 @@ def load_profile(name: str | Path) -> Profile:
         raise ConfigError(f"{path}: [load] give duration or num_requests, not both")
     if "concurrency" in load and "max_concurrency" in load:
         raise ConfigError(f"{path}: [load] concurrency (closed loop) and max_concurrency conflict")
+    if "concurrency" in load and "request_rate" in load:
+        raise ConfigError(
+            f"{path}: [load] concurrency (closed loop) and request_rate (open loop) conflict: "
+            "give one"
+        )
     meta = checked.get("profile", {})
     return Profile(
         path=path,

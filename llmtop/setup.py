@@ -31,6 +31,7 @@ class SimChoice:
     gpu: str = "a100-80g"
     model: str = "llama-3-8b"
     args: tuple[str, ...] = ()
+    tp: int = 1
 
 
 # Engine arguments a profile may carry that the simulator understands (trtllm's name first).
@@ -73,7 +74,9 @@ def target_server(url: str, sim: SimChoice) -> Iterator[tuple[str, dict[str, Any
     except ImportError:
         raise ConfigError("no --url given and the built-in simulator is not available") from None
     try:
-        handle = start_sim(engine=sim.engine, gpu=sim.gpu, model=sim.model, extra_args=sim.args)
+        handle = start_sim(
+            engine=sim.engine, gpu=sim.gpu, model=sim.model, tp=sim.tp, extra_args=sim.args
+        )
     except SimStartError as exc:
         raise LlmtopError(f"the built-in simulator did not start: {exc}") from None
     try:
@@ -132,6 +135,7 @@ def prepare(
             "config": config.public(),
             "target": target.public(),
             "load": config.plan.describe(),
+            "workload": config.workload_public(),
             "notes": list(pre.notes),
         }
         if profile is not None:

@@ -104,6 +104,8 @@ def parse_limit(text: str) -> Limit:
         if unit not in ("%", None):
             raise SloError(f"bad SLO {text!r}: {metric} is a fraction: write e.g. 1% or 0.01")
         v = float(value) / 100 if unit == "%" else float(value)
+        if v > 1:
+            raise SloError(f"bad SLO {text!r}: {metric} is at most 100% (a share of requests)")
         return Limit(metric, "", op, v, text.strip())
     if metric not in LATENCY_METRICS:
         raise SloError(f"bad SLO {text!r}: unknown metric {metric!r}; allowed: {allowed}")

@@ -135,7 +135,10 @@ def test_bad_profile_on_the_command_line_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(r, "bad.toml", "[load] burstiness", "a number > 0")
     assert r.returncode == 2
     r = run_cli("run", "--profile", str(tmp_path / "missing.toml"))
-    assert_one_line_error(r, "missing.toml", "no such profile", "llama3-8b-2048-128")
+    assert_one_line_error(r, "missing.toml", "no such file")  # a path: the file is missing
+    assert "no such profile" not in r.stderr
+    r = run_cli("run", "--profile", "llama3-8b-nope")
+    assert_one_line_error(r, "no such profile 'llama3-8b-nope'", "llama3-8b-2048-128")
     r = run_cli("run", "--input-len", "uniform:9", "--num-requests", "1")
     assert_one_line_error(r, "--input-len", "uniform:MIN:MAX")
 

@@ -16,14 +16,16 @@ import pytest
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 from tests.support.fault_server import FaultServer
+from tests.support.tty import run_cli_tty
 
 LLMTOP = shlex.split(os.environ.get("LLMTOP_CMD", "")) or [sys.executable, "-m", "llmtop"]
 
 
 def test_unreachable_server_is_a_one_line_error_before_the_ui() -> None:
-    result = run_cli("http://127.0.0.1:1", "--request-rate", "2", timeout=60)
-    assert_one_line_error(result, "cannot connect", "127.0.0.1:1")
-    assert "\x1b[?1049h" not in result.stdout  # the UI never took over the terminal
+    code, screen = run_cli_tty("http://127.0.0.1:1", "--request-rate", "2", timeout=60)
+    assert code != 0 and "Traceback" not in screen
+    assert "cannot connect" in screen and "127.0.0.1:1" in screen, screen
+    assert "\x1b[?1049h" not in screen  # the UI never took over the terminal
 
 
 def test_bad_ui_flags_are_one_line_errors() -> None:

@@ -91,8 +91,8 @@ def _percent(value: str) -> float:
 @click.option(
     "--json",
     "json_path",
-    type=click.Path(dir_okay=False),
-    help="Write the knee and its steps as JSON.",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write the knee and its steps as JSON ('-': to stdout, the table then goes to stderr).",
 )
 @click.option("--save", "save_path", type=click.Path(dir_okay=False), help="Write a snapshot here.")
 def knee_command(**o: Any) -> None:
@@ -138,7 +138,10 @@ def knee_command(**o: Any) -> None:
     o["num_requests"] = None
     opts = RunOptions.from_params(o, default_requests=None)
     with prepared(opts) as prep:
-        run = run_knee(prep.config, prep.extra, slo, plan, o["json_path"], o["save_path"])
+        human = sys.stderr if o["json_path"] == "-" else sys.stdout  # `--json -`: stdout is JSON
+        run = run_knee(
+            prep.config, prep.extra, slo, plan, o["json_path"], o["save_path"], out=human
+        )
     if run.failure and not run.result.steps:
         raise LlmtopError(run.failure.splitlines()[0])
     if run.interrupted:

@@ -1,7 +1,8 @@
-"""`llmtop compare` and `llmtop report`: snapshots into a side-by-side table and pictures.
+"""`llmtop compare`, `llmtop report` and `llmtop export`: snapshots (or `run --json` results)
+into a side-by-side table, pictures, and files for other tools.
 
-Thin click commands: loading, comparing and plotting live in snapshot.py, compare.py,
-plots.py and exports.py. Errors are `LlmtopError`s, so the CLI prints one line.
+Thin click commands: loading, comparing, plotting and exporting live in output/results.py,
+compare.py, plots.py and exports.py. Errors are `LlmtopError`s, so the CLI prints one line.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ import click
 from llmtop.errors import ConfigError
 from llmtop.output.compare import compare_snapshots, render, snapshot_name
 from llmtop.output.jsonfile import dumps
-from llmtop.output.snapshot import load_snapshot
+from llmtop.output.results import load_result, load_results
 
-
-def _load_all(paths: tuple[str, ...]) -> list[dict[str, Any]]:
-    if not paths:
-        raise ConfigError("give at least one snapshot file")
-    return [load_snapshot(p) for p in paths]
+_FILES = "SNAPSHOT..."
 
 
 @click.command("compare", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("snapshots", nargs=-1, metavar="SNAPSHOT...")
+@click.argument("snapshots", nargs=-1, metavar=_FILES)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @click.option(
     "--color/--no-color",
@@ -37,8 +34,9 @@ def compare_command(snapshots: tuple[str, ...], as_json: bool, color: bool | Non
 
     Lower latency and higher throughput are the better values: bold green on a terminal,
     marked `*` when piped. The first snapshot of each workload is the baseline (1.00×).
+    Each file is a snapshot (`--save`, the UI's `s`, a sweep) or a `run --json` result.
     """
-    data = compare_snapshots(_load_all(snapshots))
+    data = compare_snapshots(load_results(snapshots))
     if as_json:
         click.echo(dumps(data))
         return
@@ -47,7 +45,7 @@ def compare_command(snapshots: tuple[str, ...], as_json: bool, color: bool | Non
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("snapshots", nargs=-1, metavar="SNAPSHOT...")
+@click.argument("snapshots", nargs=-1, metavar=_FILES)
 @click.option(
     "-o",
     "--output",
@@ -72,7 +70,9 @@ def compare_command(snapshots: tuple[str, ...], as_json: bool, color: bool | Non
 def report_command(snapshots: tuple[str, ...], output: str, formats: str, exports: bool) -> None:
     """Pictures and a Markdown page from snapshots: the knee, percentile spectra, time series.
 
-    Needs matplotlib (`pip install 'llmtop[report]'`).
+    Each file is a snapshot or a `run --json` result (a result has no histograms or time
+    series: it shows in the tables, not in the spectra). Needs matplotlib
+    (`pip install 'llmtop[report]'`).
     """
     from llmtop.output.exports import write_hlogs, write_steps_csv
     from llmtop.output.plots import FORMATS, write_report
@@ -81,19 +81,89 @@ def report_command(snapshots: tuple[str, ...], output: str, formats: str, export
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise ConfigError(f"--format {formats!r}: expected png, svg or png,svg")
-    snaps = _load_all(snapshots)
+    snaps = load_results(snapshots)
     written = write_report(snaps, output, fmts)
     out = Path(output)
+    files = {p for paths in written.values() for p in paths}
     if exports:
         used: set[str] = set()
         for snap in snaps:
-            name = _safe(snapshot_name(snap), used)
-            folder = out / "exports" / name
-            write_hlogs(snap, folder)
-            with (folder / "steps.csv").open("w", encoding="utf-8", newline="") as f:
-                write_steps_csv(snap, f)
-    count = sum(len(v) for v in written.values())
-    click.echo(f"llmtop: wrote {count} files to {out} (open {out / 'report.md'})", err=True)
+            folder = out / "exports" / _safe(snapshot_name(snap), used)
+            files.update(write_hlogs(snap, folder))
+            files.add(write_file(snap, folder / "steps.csv", write_steps_csv))
+    click.echo(f"llmtop: wrote {len(files)} files to {out} (open {out / 'report.md'})", err=True)
+
+
+def write_file(snap: dict[str, Any], path: Path, writer: Any) -> Path:
+    """steps.csv at `path` (its folder made); an OSError is the command's one-line error."""
+    from llmtop.output.exports import ExportError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8", newline="") as f:
+            writer(snap, f)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("snapshot", metavar="SNAPSHOT")
+@click.option(
+    "--hlog",
+    "hlog_dir",
+    type=click.Path(file_okay=False),
+    help="Folder for one HdrHistogram interval log per metric (ttft.hlog, tpot.hlog, ...).",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="The step table as CSV (one row per rate step, percentiles in ms); '-' for stdout.",
+)
+@click.option(
+    "--jsonl",
+    "jsonl_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="The 1-second time series as JSON lines; '-' for stdout.",
+)
+def export_command(
+    snapshot: str, hlog_dir: str | None, csv_path: str | None, jsonl_path: str | None
+) -> None:
+    """Write a snapshot's figures for other tools: HdrHistogram logs, CSV, JSON lines.
+
+    A `run --json` result gives the CSV (one row: the whole run); it holds no histograms or
+    time series for --hlog and --jsonl.
+    """
+    from llmtop.output.exports import write_hlogs, write_series_jsonl, write_steps_csv
+
+    if not (hlog_dir or csv_path or jsonl_path):
+        raise ConfigError("say what to export: --hlog DIR, --csv FILE and/or --jsonl FILE")
+    if csv_path == "-" and jsonl_path == "-":
+        raise ConfigError("--csv - and --jsonl - would both write to stdout: give one a file")
+    snap = load_result(snapshot)
+    is_result = snap.get("_kind") == "run --json result"
+    for flag, given, what in (("--hlog", hlog_dir, "histograms"), ("--jsonl", jsonl_path, "")):
+        if given and is_result:
+            held = what or "time series"
+            raise ConfigError(
+                f"{snapshot} is a `run --json` result: it holds no {held} for {flag}; "
+                "export a snapshot (run --save) instead"
+            )
+    wrote: list[str] = []
+    if hlog_dir:
+        paths = write_hlogs(snap, hlog_dir)
+        wrote += [str(p) for p in paths]
+    for path, writer in ((csv_path, write_steps_csv), (jsonl_path, write_series_jsonl)):
+        if not path:
+            continue
+        if path == "-":
+            writer(snap, sys.stdout)
+            sys.stdout.flush()
+        else:
+            wrote.append(str(write_file(snap, Path(path), writer)))
+    if wrote:
+        click.echo(f"llmtop: wrote {len(wrote)} files: {', '.join(wrote)}", err=True)
 
 
 def _safe(name: str, used: set[str]) -> str:

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -101,10 +102,20 @@ def _pct(summary: Mapping[str, Any], metric: str, stat: str) -> float | None:
     return float(v) if isinstance(v, int | float) else None
 
 
-def comparison_row(label: str, snap: Mapping[str, Any]) -> dict[str, Any]:
-    """The figures one configuration is compared by (from its snapshot)."""
+def comparison_row(
+    label: str, snap: Mapping[str, Any], during_ns: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """The figures one configuration is compared by (from its snapshot).
+
+    The server's max running / waiting count only scrapes taken while the load ran
+    (`during_ns`, perf_counter ns): the idle scrapes before and after it say nothing, and
+    with none during the load the cell is "-", not 0.
+    """
     s = snap.get("summary") or {}
     series = snap.get("server_series") or []
+    if during_ns is not None:
+        lo, hi = during_ns
+        series = [p for p in series if isinstance(p.get("t_ns"), int) and lo <= p["t_ns"] <= hi]
     running = [p["running"] for p in series if isinstance(p.get("running"), int | float)]
     waiting = [p["waiting"] for p in series if isinstance(p.get("waiting"), int | float)]
     return {
@@ -124,30 +135,50 @@ def comparison_row(label: str, snap: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# (header, row key, number format) of each column after the configuration's name
+_COLUMNS = (
+    ("done", "completed", "d"),
+    ("fail", "failed", "d"),
+    ("req/s", "request_throughput", ".2f"),
+    ("out tok/s", "output_throughput", ",.1f"),
+    ("TTFT p50", "ttft_p50_ms", ".1f"),
+    ("TTFT p99", "ttft_p99_ms", ".1f"),
+    ("TPOT p50", "tpot_p50_ms", ".2f"),
+    ("TPOT p99", "tpot_p99_ms", ".2f"),
+    ("E2E p50", "e2el_p50_ms", ".1f"),
+    ("srv run", "server_running_max", ".0f"),
+    ("srv wait", "server_waiting_max", ".0f"),
+)
+
+
 def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A plain table: one line per configuration."""
+    """A plain table: one line per configuration, every column as wide as its widest cell
+    (long configuration names and big figures keep the columns aligned)."""
 
     def num(v: Any, fmt: str) -> str:
-        return format(v, fmt) if isinstance(v, int | float) else "-"
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return "-"
+        return format(v, fmt) if fmt != "d" else f"{v:d}" if isinstance(v, int) else f"{v:g}"
 
-    head = (
-        f"{'configuration':<28}{'done':>6}{'fail':>6}{'req/s':>9}{'out tok/s':>11}"
-        f"{'TTFT p50':>10}{'TTFT p99':>10}{'TPOT p50':>10}{'TPOT p99':>10}{'E2E p50':>10}"
-        f"{'srv run':>9}{'srv wait':>9}"
+    ok = [r for r in rows if not r.get("error")]
+    cells = [[num(r.get(key), fmt) for _, key, fmt in _COLUMNS] for r in ok]
+    widths = [
+        max([len(head), *(len(c[i]) for c in cells)]) + 2 for i, (head, _, _) in enumerate(_COLUMNS)
+    ]
+    name_w = max([len("configuration"), *(len(str(r["config"])) for r in rows)]) + 2
+    head = f"{'configuration':<{name_w}}" + "".join(
+        f"{h:>{w}}" for (h, _, _), w in zip(_COLUMNS, widths, strict=True)
     )
     lines = ["", "comparison (latencies in ms; srv = the server's own max running / waiting)"]
     lines += [head, "-" * len(head)]
+    row_cells = iter(cells)
     for r in rows:
         if r.get("error"):
-            lines.append(f"{r['config']:<28}  failed: {str(r['error']).splitlines()[0]}")
+            lines.append(f"{r['config']:<{name_w}}failed: {str(r['error']).splitlines()[0]}")
             continue
         lines.append(
-            f"{r['config']:<28}{r['completed']:>6}{r['failed']:>6}"
-            f"{num(r['request_throughput'], '.2f'):>9}{num(r['output_throughput'], ',.1f'):>11}"
-            f"{num(r['ttft_p50_ms'], '.1f'):>10}{num(r['ttft_p99_ms'], '.1f'):>10}"
-            f"{num(r['tpot_p50_ms'], '.2f'):>10}{num(r['tpot_p99_ms'], '.2f'):>10}"
-            f"{num(r['e2el_p50_ms'], '.1f'):>10}"
-            f"{num(r['server_running_max'], '.0f'):>9}{num(r['server_waiting_max'], '.0f'):>9}"
+            f"{r['config']:<{name_w}}"
+            + "".join(f"{c:>{w}}" for c, w in zip(next(row_cells), widths, strict=True))
         )
     return "\n".join(lines) + "\n"
 
@@ -231,6 +262,7 @@ def run_sweep(
                 poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
                 try:
                     session, interrupted = drive_session(prep.config, slo, poller.latest, progress)
+                    load_ns = (session.start_ns or 0, time.perf_counter_ns())
                 finally:
                     session_series = poller.finish()
                 session.server_series = session_series
@@ -247,7 +279,7 @@ def run_sweep(
                     snap.setdefault("notes", []).append(poller.problem)
                 path = save_snapshot(out_path / f"{engine}-{point.slug}.json", snap)
                 snaps.append(path)
-                row = comparison_row(point.label, snap)
+                row = comparison_row(point.label, snap, load_ns)
                 if session.failure:
                     row["error"] = session.failure
                 rows.append(row)

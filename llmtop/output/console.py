@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from llmtop.errors import LlmtopError
 from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
-from llmtop.output.jsonfile import write_json_atomic
+from llmtop.output.jsonfile import dumps, write_json_atomic
 
 # (summary key, label, definition) of each row of the final table, from the metric catalog
 TABLE_METRICS = tuple((f"{m.name}_ms", m.label, m.definition) for m in rows(METRICS))
@@ -25,10 +25,10 @@ def _ms(v: float) -> str:
 
 def progress_line(t: Telemetry) -> str:
     w = t.window
-    rate = "inf" if math.isinf(t.offered_rate) else f"{t.offered_rate:g}"
+    rate = "all at once" if math.isinf(t.offered_rate) else f"{t.offered_rate:g}/s"
     parts = [
         f"[{t.elapsed_s:6.1f}s] {t.phase:<9}",
-        f"rate {rate}/s",
+        f"rate {rate}",
         f"sent {t.sent}",
         f"in flight {t.in_flight}",
         f"done {t.completed}",
@@ -37,9 +37,56 @@ def progress_line(t: Telemetry) -> str:
         f"TPOT p99 {_ms(w['tpot'].p99_ms)} ms",
         f"{t.output_tps:,.0f} tok/s",
     ]
-    if t.queued:
-        parts.insert(4, f"queued {t.queued}")
+    if t.queued:  # the client's own cap holds these back, not the server
+        parts.insert(4, f"client-bound: {t.queued} waiting for a --max-concurrency slot")
     return "  ".join(parts)
+
+
+def client_bottleneck(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """When the client's own `--max-concurrency` cap, not the server, set the pace.
+
+    Requests that wait for a slot are sent late, so the run's throughput is what the cap
+    allows and a `--duration` schedule takes longer to send. The sign is the wait for a slot:
+    its p99 above 10 ms and 5 % of the median E2E (below that a wait is noise).
+    """
+    plan = (summary.get("config") or {}).get("plan") or {}
+    cap = plan.get("max_concurrency")
+    wait = summary.get("queue_wait_ms") or {}
+    p99 = wait.get("p99")
+    if not cap or not wait.get("count") or not isinstance(p99, int | float):
+        return None
+    e2e = (summary.get("e2el_ms") or {}).get("p50")
+    floor = max(10.0, 0.05 * e2e) if isinstance(e2e, int | float) else 10.0
+    if not p99 > floor:
+        return None
+    message = (
+        f"the client's --max-concurrency {cap} was the bottleneck, not the server: requests "
+        f"waited for a slot (p99 {_ms(p99)} ms, max {_ms(wait.get('max'))} ms), so the "
+        f"throughput is what {cap} in flight allow"
+    )
+    scheduled = plan.get("duration_s")
+    took = summary.get("duration_s")
+    nums = isinstance(scheduled, int | float) and isinstance(took, int | float)
+    if nums and took > scheduled * 1.05:
+        message += f"; the {scheduled:g} s schedule took {took:.1f} s to send"
+    return {
+        "where": "client",
+        "cause": "max_concurrency",
+        "max_concurrency": cap,
+        "queue_wait_p99_ms": p99,
+        "queue_wait_max_ms": wait.get("max"),
+        "message": message,
+    }
+
+
+def _workload_line(summary: dict[str, Any]) -> str:
+    """Lengths or dataset, prompt format, and the profile: what the figures are figures of."""
+    w = summary.get("workload") or (summary.get("config") or {}).get("workload") or {}
+    text = str(w.get("text") or "")
+    profile = summary.get("profile")
+    if isinstance(profile, dict) and profile.get("name"):
+        text += f"   profile {profile['name']}"
+    return text
 
 
 class ProgressLine:
@@ -68,13 +115,15 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     sim = target.get("sim")
     where = target.get("url", "")
     if sim:
-        where += f"  (simulated: {sim.get('engine')} {sim.get('model')} on {sim.get('gpu')})"
+        gpus = f"{sim.get('tp')} × {sim.get('gpu')}" if (sim.get("tp") or 1) > 1 else sim.get("gpu")
+        where += f"  (simulated: {sim.get('engine')} {sim.get('model')} on {gpus})"
     engine = summary.get("engine") or {}
     lines = [
         "",
         f"target      {where}",
         f"model       {target.get('model', '')}"
         + (f"   engine {engine.get('name')} {engine.get('version', '')}" if engine else ""),
+        f"workload    {_workload_line(summary)}",
         f"load        {summary.get('load', '')}",
         f"duration    {summary['duration_s']:.2f} s   completed {summary['completed']}"
         f"   failed {summary['failed']}"
@@ -84,6 +133,9 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         f"{summary['total_throughput']:,.1f} total tok/s",
         f"tokens      {summary['input_tokens']:,} in   {summary['output_tokens']:,} out",
     ]
+    bottleneck = summary.get("bottleneck", client_bottleneck(summary))
+    if bottleneck:
+        lines.append(f"bottleneck  {bottleneck['message']}")
     if summary.get("goodput") is not None:
         lines.append(
             f"goodput     {summary['goodput']:.2f} req/s within every per-request limit"
@@ -132,7 +184,11 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
 
 
 def write_json_output(path: str | Path, data: Any) -> None:
-    """`--json PATH`, atomically; a failure is the run's one-line error."""
+    """`--json PATH`, atomically; `--json -` to stdout. A failure is one line."""
+    if str(path) == "-":
+        sys.stdout.write(dumps(data) + "\n")
+        sys.stdout.flush()
+        return
     try:
         write_json_atomic(path, data)
     except OSError as exc:

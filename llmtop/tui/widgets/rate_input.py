@@ -17,6 +17,8 @@ class RateInputScreen(ModalScreen[float | None]):
     """Returns the rate typed, or None when cancelled."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "cancel")]
+    # Labels wrap inside the dialog rather than run past its border.
+    DEFAULT_CSS = "#rate-dialog Label { width: 100%; }"
 
     def __init__(self, current: float, closed_loop: bool) -> None:
         super().__init__()
@@ -26,7 +28,8 @@ class RateInputScreen(ModalScreen[float | None]):
     def compose(self) -> ComposeResult:
         what = "concurrency (requests in flight)" if self.closed_loop else "rate (req/s)"
         with Vertical(id="rate-dialog"):
-            yield Label(f"New {what}, Enter to apply, Esc to cancel")
+            yield Label(f"New {what}:")
+            yield Label("Enter applies, Esc cancels", id="rate-hint")
             yield Input(value=f"{self.current:g}", id="rate-value")
             yield Label("", id="rate-error")
 

@@ -1,0 +1,52 @@
+"""Run the real CLI with a terminal on stdin/stdout/stderr (a pseudo-terminal), for the UI's
+checks that need one, and read everything it wrote."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def run_cli_tty(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    """(exit code, everything written to the terminal) of `python -m llmtop ARGS` on a pty."""
+    main, child = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.setdefault("TERM", "xterm-256color")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmtop", *args],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        cwd=ROOT,
+        env=env,
+        close_fds=True,
+    )
+    os.close(child)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+        code = proc.wait(timeout=10)
+    finally:
+        os.close(main)
+    return code, out.decode("utf-8", "replace")
