@@ -45,12 +45,14 @@ from llmtop.tui.model import (
 )
 from llmtop.tui.widgets.event_log import EventLog
 from llmtop.tui.widgets.gauge import LatencyGauge
+from llmtop.tui.widgets.gpu_panel import GpuPanel
 from llmtop.tui.widgets.header import RunHeader
 from llmtop.tui.widgets.help_screen import HelpScreen
 from llmtop.tui.widgets.knee_curve import KneeCurve
 from llmtop.tui.widgets.rate_input import RateInputScreen
 from llmtop.tui.widgets.rate_panel import RatePanel
 from llmtop.tui.widgets.server_panel import ServerPanel
+from llmtop.tui.widgets.spectrum import SpectrumPanel
 from llmtop.tui.widgets.throughput import ThroughputPanel
 from llmtop.tui.widgets.timeseries import LatencyChart
 from llmtop.tui.worker import SessionDriver
@@ -84,13 +86,17 @@ class MainScreen(Screen[None]):
             with Horizontal(id="charts"):
                 yield LatencyChart(self.info.slo, id="chart")
                 yield KneeCurve(self.info.slo, id="knee")
+            yield SpectrumPanel(id="spectrum")  # the p key swaps it with the charts
             with Horizontal(id="bottom"):
                 yield EventLog(id="log")
                 yield ServerPanel(id="server")
+                yield GpuPanel(id="gpu")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one(ServerPanel).display = False
+        self.query_one(GpuPanel).display = False
+        self.query_one(SpectrumPanel).display = False
         self.fit(self.size.width, self.size.height)
 
     def on_resize(self, event: events.Resize) -> None:
@@ -121,6 +127,7 @@ class LlmtopApp(App[int]):
         Binding("r", "reset_window", "reset"),
         Binding("s", "snapshot", "save"),
         Binding("a", "knee", "knee"),
+        Binding("p", "spectrum", "spectrum", show=False),  # listed in the help screen
         Binding("question_mark", "help", "help", key_display="?"),
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
@@ -194,6 +201,10 @@ class LlmtopApp(App[int]):
         self.main.query_one(ThroughputPanel).frame = f
         self.main.query_one(LatencyChart).frame = f
         self.main.query_one(ServerPanel).server = f.server
+        self.main.query_one(GpuPanel).server = f.server
+        spectrum = self.main.query_one(SpectrumPanel)
+        if spectrum.display:
+            spectrum.frame = f
         if not self.stopped and not self.quitting:
             self.main.query_one(RunHeader).state = "paused" if f.paused else f.phase
         self._events_from(f)
@@ -349,6 +360,14 @@ class LlmtopApp(App[int]):
 
     def action_knee(self) -> None:
         self._send(cmd.StartKnee())
+
+    def action_spectrum(self) -> None:
+        """Swap the charts for the percentile spectrum (client and server), and back."""
+        spectrum = self.main.query_one(SpectrumPanel)
+        spectrum.display = not spectrum.display
+        self.main.query_one("#charts").display = not spectrum.display
+        if spectrum.display and self.telemetry is not None:
+            spectrum.frame = self.telemetry
 
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
