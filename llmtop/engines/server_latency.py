@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from llmtop.metrics.serverside import LATENCY_KEYS, latency_figures
+from llmtop.metrics.serverside import LATENCY_KEYS, latency_figures, spectrum_ms
 
 HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "ttft": (
@@ -54,6 +54,7 @@ HISTOGRAMS: dict[str, tuple[str, ...]] = {
         "trtllm_time_per_output_token_seconds",
     ),
 }
+SPECTRUM_KEYS = ("ttft", "itl", "e2el")
 _WANTED = {name: key for key, names in HISTOGRAMS.items() for name in names}
 
 
@@ -123,4 +124,9 @@ class LatencyWindow:
             now = hists.get(key)
             out[f"{key}_ms"] = latency_figures(now, before.get(key)) if now else None
         out["window_s"] = (t_ns - self._kept[0][0]) / 1e9
+        out["spectrum"] = {  # (quantile, ms) for the UI's percentile-spectrum view
+            key: spectrum_ms(hists[key], before.get(key))
+            for key in SPECTRUM_KEYS
+            if key in hists
+        }
         return out
