@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Api = Literal["completions", "chat", "triton"]
+# One trace request: (timestamp ms, input tokens, output tokens, ids of its 512-token blocks).
+TraceRow = tuple[float, int, int, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,18 @@ class Workload:
     output_dist: LengthDist | None = None
     shared_prefix_len: int = 0
     dataset: str = ""
+    # Production-like workloads (docs/workloads.md): G groups sharing their first L tokens,
+    # conversations of `turns` requests (0: every turn of the dataset's conversations) with a
+    # think time ("S", "exp:MEAN", "uniform:LO:HI" seconds), completions prompts as token ids
+    # or text, a replayed trace (file name, for the record) and cache resets between runs.
+    prefix_groups: int = 0
+    prefix_len: int = 0
+    turns: int = 1
+    think_time: str = "0"
+    prompt_format: str = "tokens"
+    trace: str = ""
+    trace_speed: float = 1.0
+    reset_prefix_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,7 @@ class Dialect:
     include_usage: bool = True
     ignore_eos: bool = True
     token_vocab: tuple[int, int] = (100, 1000)
+    reasoning: bool = False  # the stream carries reasoning_content / reasoning deltas
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,11 @@ class RunConfig:
     text_prompts: tuple[str, ...] = ()
     # Dataset prompts (text, output tokens; 0 = the workload's output length), sent in order.
     dataset: tuple[tuple[str, int], ...] = ()
+    # Dataset conversations: each one's user turns as (text, output tokens; 0 = default).
+    conversations: tuple[tuple[tuple[str, int], ...], ...] = ()
+    trace: tuple[TraceRow, ...] = ()  # the trace replayed (`Workload.trace` names the file)
+    prefix_texts: tuple[str, ...] = ()  # text prompts: one shared prefix per prefix group
+    unique_words: tuple[str, ...] = ()  # text prompts: one-token words for a unique start
 
     @property
     def prompts_as(self) -> str:
@@ -185,6 +205,10 @@ class RunConfig:
             w[key] = dist.text() if dist else None
         if self.dataset:
             w["dataset_prompts"] = len(self.dataset)
+        if self.conversations:
+            w["dataset_conversations"] = len(self.conversations)
+        if self.trace:
+            w["trace_requests"] = len(self.trace)
             w["input_len"] = None
             w["input_dist"] = None
             w["shared_prefix_len"] = 0
@@ -196,7 +220,13 @@ class RunConfig:
         """One line: lengths or dataset, and the prompt format (what tables show)."""
         wl = self.workload
         out = wl.output_dist.text() if wl.output_dist else str(wl.output_len)
-        if self.dataset:
+        if self.trace:  # lengths and arrival times come from the trace
+            name = wl.trace.rsplit("/", 1)[-1] or "trace"
+            text = f"trace {name} ({len(self.trace)} requests, speed {wl.trace_speed:g})"
+        elif self.conversations:
+            name = wl.dataset.rsplit("/", 1)[-1] or "dataset"
+            text = f"dataset {name} ({len(self.conversations)} conversations)"
+        elif self.dataset:
             name = wl.dataset.rsplit("/", 1)[-1] or "dataset"
             given = sum(1 for _, n in self.dataset if n)
             if given == len(self.dataset):
@@ -211,6 +241,11 @@ class RunConfig:
             text = f"{inp} in / {out} out tokens"
             if wl.shared_prefix_len:
                 text += f", shared prefix {wl.shared_prefix_len}"
+            if wl.prefix_groups:
+                text += f", {wl.prefix_groups} prefix groups of {wl.prefix_len} tokens"
+        if wl.turns != 1:
+            turns = "all" if wl.turns == 0 else str(wl.turns)
+            text += f", {turns}-turn conversations (think time {wl.think_time} s)"
         text += ", " + _FORMAT_WORDS.get(self.prompts_as, self.prompts_as)
         if not wl.ignore_eos:
             text += ", may stop at EOS"

@@ -105,3 +105,90 @@ def load_dataset(
     if limit is not None:
         prompts = prompts[:limit]
     return tuple(prompts)
+
+
+Turn = tuple[str, int]  # (user text, output tokens of the reply; 0 = the workload's)
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def _turns(messages: Any, where: str, tokens_per_char: float) -> tuple[Turn, ...]:
+    """User turns of one conversation: each user message, and its reply's length (≈ chars/4).
+
+    Accepts ShareGPT's `[{"from": "human"|"gpt", "value"}]` and OpenAI's
+    `[{"role": "user"|"assistant", "content"}]`; other roles (system, tool) are skipped.
+    """
+    if not isinstance(messages, list):
+        raise ConfigError(f"{where}: a conversation is a list of messages")
+    out: list[list[Any]] = []
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        role = _ROLES.get(str(m.get("from", m.get("role", ""))))
+        text = m.get("value", m.get("content"))
+        if not isinstance(text, str):
+            continue
+        if role == "user" and text.strip():
+            out.append([text, 0])
+        elif role == "assistant" and out and not out[-1][1]:
+            out[-1][1] = max(1, round(len(text) * tokens_per_char))
+    return tuple((t, n) for t, n in out)
+
+
+def load_conversations(
+    path: str | Path, fmt: str = "auto", tokens_per_char: float = 0.25
+) -> tuple[tuple[Turn, ...], ...]:
+    """Multi-turn conversations from `path`: ShareGPT JSON, or JSONL with one conversation a
+    line (`{"conversations": [...]}`, `{"messages": [...]}`, or a single `{"prompt"}`).
+
+    The assistant replies in the file only give each turn's output length; what a later turn
+    resends is the model's actual answer (see `llmtop.load.conversations`).
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ConfigError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such dataset file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
+    if fmt == "auto":
+        fmt = "sharegpt" if text.lstrip().startswith("[") else "jsonl"
+    convs: list[tuple[Turn, ...]] = []
+    if fmt == "sharegpt":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: ShareGPT layout is a JSON list of {{'conversations'}}")
+        for i, item in enumerate(data):
+            msgs = item.get("conversations") if isinstance(item, dict) else None
+            if msgs is not None:
+                convs.append(_turns(msgs, f"{path}: item {i}", tokens_per_char))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(item, dict):
+                raise ConfigError(f'{where}: expected {{"conversations": [...]}} or similar')
+            if isinstance(item.get("prompt"), str):
+                out = _output_len(item.get("output_len"), where)
+                convs.append(((item["prompt"], out),))
+                continue
+            msgs = item.get("conversations", item.get("messages"))
+            if msgs is None:
+                raise ConfigError(
+                    f'{where}: expected {{"conversations": [...]}}, {{"messages": [...]}} '
+                    'or {"prompt": "..."}'
+                )
+            convs.append(_turns(msgs, where, tokens_per_char))
+    convs = [c for c in convs if c]
+    if not convs:
+        raise ConfigError(f"{path}: the dataset holds no conversation with a user message")
+    return tuple(convs)

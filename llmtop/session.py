@@ -21,6 +21,7 @@ from llmtop.metrics.catalog import LIVE_METRICS
 from llmtop.metrics.collector import Collector
 from llmtop.metrics.figures import run_summary, window_figures
 from llmtop.metrics.intervals import IntervalRecorder, step_index_of
+from llmtop.metrics.prefix import server_prefix_cache
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
 from llmtop.slo import Slo
 
@@ -182,6 +183,8 @@ class LoadSession:
             "kernel": self.status.kernel_stamps if self.status else 0,
             "user": self.status.user_stamps if self.status else 0,
         }
+        # beside the client's cached_prompt_tokens: the server's prefix-cache hit rate
+        out["server_prefix_cache"] = server_prefix_cache(self.server_series)
         return out
 
 

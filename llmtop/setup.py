@@ -103,6 +103,13 @@ class PreparedRun:
     def start_poller(self, on_problem: Echo | None = None) -> MetricsPoller:
         return self.new_poller(on_problem).start()
 
+    def reset_prefix_cache(self) -> tuple[bool, str]:
+        """The engine's own prefix-cache reset (call it before each repeat); (done, note)."""
+        from llmtop.engines.cache import reset_prefix_cache
+
+        t = self.config.target
+        return reset_prefix_cache(t.url, self.engine, t.auth_headers())
+
 
 @contextlib.contextmanager
 def prepare(
@@ -124,22 +131,34 @@ def prepare(
         pre = preflight(config)
         target = dataclasses.replace(target, model=pre.model)
         config = dataclasses.replace(
-            config, target=target, dialect=pre.dialect, text_prompts=pre.text_prompts
+            config,
+            target=target,
+            dialect=pre.dialect,
+            text_prompts=pre.text_prompts,
+            prefix_texts=pre.prefix_texts,
+            unique_words=pre.unique_words,
         )
         for note in pre.notes:
             echo(f"llmtop: {note}")
         engine = detect_engine(url, target.auth_headers())
         echo(f"llmtop: engine: {engine.label}")
+        notes = pre.notes
+        if config.workload.reset_prefix_cache:  # before the run (each sweep point comes here)
+            from llmtop.engines.cache import reset_prefix_cache
+
+            _, reset_note = reset_prefix_cache(url, engine, target.auth_headers())
+            echo(f"llmtop: {reset_note}")
+            notes = (*notes, reset_note)
         extra: dict[str, Any] = {
             "engine": engine.public(),
             "config": config.public(),
             "target": target.public(),
             "load": config.plan.describe(),
             "workload": config.workload_public(),
-            "notes": list(pre.notes),
+            "notes": list(notes),
         }
         if profile is not None:
             extra["profile"] = profile.public()
             if profile.engine:
                 extra["engine_config"] = profile.engine
-        yield PreparedRun(config, extra, pre.notes, engine)
+        yield PreparedRun(config, extra, notes, engine)

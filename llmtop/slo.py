@@ -22,6 +22,8 @@ LATENCY_METRICS = (
     "itl",
     "e2el",
     "ttft_from_intended",
+    "ttft_reasoning",
+    "ttft_answer",
     "e2el_from_intended",
     "send_slip",
     "queue_wait",

@@ -74,6 +74,7 @@ class Exchange:
             error,
             detail,
             self.measured,
+            s.cached_tokens,
         )
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from llmtop.backends.prompts import TracePrompts, compose_text, group_prefix_ids, json_text
 from llmtop.config import Dialect, RunConfig, Workload
 from llmtop.errors import ConfigError
 
@@ -87,97 +87,190 @@ def header_bytes(endpoint: Endpoint, path: str, config: RunConfig) -> bytes:
 class RequestFactory:
     """Builds each request's bytes from pre-encoded pieces, cycling through a pool of entries.
 
-    An entry is (prefix bytes, number of fresh random token ids, suffix bytes). Synthetic
-    token-id prompts get a few random ids after any shared prefix, so no two requests share a
-    prefix-cache block beyond it; text and dataset prompts are whole requests built up front,
-    so `build()` stays a few microseconds whatever the workload.
+    An entry is (prefix bytes, number of fresh random tokens, suffix bytes). Synthetic prompts
+    (token ids, or text with a `unique_words` pool) get a few random tokens right after any
+    shared or group prefix, so no two requests share a prefix-cache block beyond it; dataset
+    prompts (and text when the server gave no way to size words) are whole requests built up
+    front, so `build()` stays a few microseconds whatever the workload. Trace rows are built
+    per request from the blocks their hash ids name (`llmtop.backends.prompts.TracePrompts`).
+
+    Prefix groups: request i belongs to group i mod G, so with n requests each group's first
+    request fills the cache and the other n - G can hit it.
     """
 
     def __init__(self, config: RunConfig, endpoint: Endpoint) -> None:
         dialect = config.dialect
         wl = config.workload
         self._rng = random.Random(wl.seed)
-        self._head = header_bytes(endpoint, api_path(endpoint, config.target.api), config)
-        fields = body_fields(config, dialect)
+        self.head = header_bytes(endpoint, api_path(endpoint, config.target.api), config)
+        self._fields = body_fields(config, dialect)
+        self._rests: dict[int, bytes] = {}
         self._i = 0
         self._lo, self._hi = dialect.token_vocab
-        rests: dict[int, bytes] = {}
-
-        def rest(out_len: int) -> bytes:  # the other fields, without the leading "{"
-            if out_len not in rests:
-                text = json.dumps({**fields, "max_tokens": out_len}, separators=(",", ":"))
-                rests[out_len] = text[1:].encode()
-            return rests[out_len]
-
-        chat = config.target.api == "chat"
-        text_pre = b'{"messages":[{"role":"user","content":' if chat else b'{"prompt":'
-        text_sep = b"}]," if chat else b","
+        self._words = config.unique_words
+        self._trace: TracePrompts | None = None
+        self._texts: list[tuple[bytes, int, bytes, int]] = []
+        self._out_dist = wl.output_dist
+        self._out_fixed = wl.output_len
+        self.chat = config.target.api == "chat"
+        self._text_pre = b'{"messages":[{"role":"user","content":"' if self.chat else b'{"prompt":"'
+        self._text_sep = b'"}],' if self.chat else b'",'
         entries: list[tuple[bytes, int, bytes]] = []
-        if config.dataset:
+        if config.trace:
+            if self.chat or not dialect.token_id_prompts:
+                raise ConfigError("a trace is replayed as token-id prompts (--api completions)")
+            self._mode = "trace"
+            self._trace = TracePrompts(self._lo, self._hi, wl.seed)
+            self._rows = config.trace
+        elif config.dataset:
             self._mode = "dataset"
             for text, out in config.dataset:
-                out_len = out or self._out_len(wl)
-                entries.append((text_pre + json.dumps(text).encode(), 0, text_sep + rest(out_len)))
-        elif not chat and dialect.token_id_prompts:
+                post = self._text_sep + self.rest(out or self.out_len())
+                entries.append((self._text_pre + json_text(text), 0, post))
+        elif config.conversations:
+            self._mode = "conversations"  # a dataset's turns (llmtop.load.conversations)
+        elif not self.chat and dialect.token_id_prompts and wl.turns == 1:
             self._mode = "ids"
-            entries = self._id_entries(wl, rest)
+            entries = self._id_entries(wl)
         else:
-            self._mode = "chat" if chat else "text"
-            texts = [json.dumps(t).encode() for t in config.text_prompts]
-            if not texts:
+            self._mode = "chat" if self.chat else "text"
+            if not config.text_prompts:
                 raise ConfigError("text prompts are needed for this server but none were prepared")
-            n = POOL if wl.output_dist else len(texts)
-            for i in range(n):
-                post = text_sep + rest(self._out_len(wl))
-                entries.append((text_pre + texts[i % len(texts)], 0, post))
+            self._texts = self._text_entries(config)
+            entries = [
+                (self._text_pre + pre, u, post + self._text_sep + self.rest(out_len))
+                for pre, u, post, out_len in self._texts
+            ]
         self._entries = entries
-        # Whole requests where nothing changes per request (text and dataset prompts).
+        # Whole requests where nothing changes per request (dataset prompts, unsized text).
         self._fixed = (
-            [self._wrap(pre + post) for pre, _, post in entries]
-            if all(u == 0 for _, u, _ in entries)
+            [self.wrap(pre + post) for pre, _, post in entries]
+            if entries and all(u == 0 for _, u, _ in entries)
             else None
         )
 
-    def _out_len(self, wl: Workload) -> int:
-        return wl.output_dist.draw(self._rng) if wl.output_dist else wl.output_len
+    @property
+    def mode(self) -> str:
+        """ "ids", "text", "chat", "dataset" or "trace": how prompts are made."""
+        return self._mode
 
-    def _id_entries(
-        self, wl: Workload, rest: Callable[[int], bytes]
-    ) -> list[tuple[bytes, int, bytes]]:
-        """Token-id prompts: shared prefix, fresh random ids, then a fixed tail."""
-        rng, lo, hi = self._rng, self._lo, self._hi
+    def rest(self, out_len: int) -> bytes:
+        """The body's other fields for `out_len` output tokens, without the leading "{"."""
+        r = self._rests.get(out_len)
+        if r is None:
+            text = json.dumps({**self._fields, "max_tokens": out_len}, separators=(",", ":"))
+            r = self._rests[out_len] = text[1:].encode()
+        return r
+
+    def out_len(self) -> int:
+        """One request's output length (a draw when --output-len is a distribution)."""
+        dist = self._out_dist
+        return dist.draw(self._rng) if dist else self._out_fixed
+
+    def _lengths(self, wl: Workload) -> list[tuple[int, int]]:
+        """(input, output) lengths to cycle through: one pair, or a pool of draws."""
         varying = wl.input_dist is not None or wl.output_dist is not None
-        lengths = [
-            (
-                wl.input_dist.draw(rng) if wl.input_dist else wl.input_len,
-                self._out_len(wl),
-            )
+        return [
+            (wl.input_dist.draw(self._rng) if wl.input_dist else wl.input_len, self.out_len())
             for _ in range(POOL if varying else 1)
         ]
+
+    def _groups(self, wl: Workload) -> tuple[int, int]:
+        """(number of prefix groups, prefix length): --prefix-groups or --shared-prefix-len."""
+        if wl.prefix_groups > 0 and wl.prefix_len > 0:
+            return wl.prefix_groups, wl.prefix_len
+        return (1, wl.shared_prefix_len) if wl.shared_prefix_len > 0 else (1, 0)
+
+    def _id_entries(self, wl: Workload) -> list[tuple[bytes, int, bytes]]:
+        """Token-id prompts: group prefix, fresh random ids, then a fixed tail.
+
+        Entry j * G + g is pool draw j in group g, so request i is in group i mod G.
+        """
+        rng, lo, hi = self._rng, self._lo, self._hi
+        lengths = self._lengths(wl)
         longest = max(n for n, _ in lengths)
-        shared = [rng.randrange(lo, hi) for _ in range(min(wl.shared_prefix_len, longest))]
+        n_groups, plen = self._groups(wl)
+        plen = min(plen, longest)
+        if wl.prefix_groups > 0:
+            prefixes = [group_prefix_ids(wl.seed, g, plen, lo, hi) for g in range(n_groups)]
+        else:  # --shared-prefix-len: drawn from the request stream, as it always was
+            prefixes = [[rng.randrange(lo, hi) for _ in range(plen)]]
         fixed = [rng.randrange(lo, hi) for _ in range(longest)]
         entries = []
         for n, out_len in lengths:
-            p = min(len(shared), n)
-            u = min(UNIQUE_PREFIX_TOKENS, n - p)
-            f = n - p - u
-            head = ",".join(map(str, shared[:p]))
-            pre = b'{"prompt":[' + head.encode() + (b"," if head and u else b"")
-            body = "".join(f",{t}" for t in fixed[:f])  # f > 0 only when u > 0
-            entries.append((pre, u, (body + "],").encode() + rest(out_len)))
+            for shared in prefixes:
+                p = min(len(shared), n)
+                u = min(UNIQUE_PREFIX_TOKENS, n - p)
+                f = n - p - u
+                head = ",".join(map(str, shared[:p]))
+                pre = b'{"prompt":[' + head.encode() + (b"," if head and u else b"")
+                body = "".join(f",{t}" for t in fixed[:f])  # f > 0 only when u > 0
+                entries.append((pre, u, (body + "],").encode() + self.rest(out_len)))
         return entries
 
-    def _wrap(self, body: bytes) -> bytes:
-        return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    def _text_entries(self, config: RunConfig) -> list[tuple[bytes, int, bytes, int]]:
+        """Text prompts as (escaped prefix + unique-start separator, words, escaped body, out).
+
+        The text is `compose_text(group prefix, unique words, body)`; without a pool of
+        one-token words (a server without /tokenize) the texts go whole, as prepared.
+        """
+        wl = config.workload
+        bodies = config.text_prompts
+        prefixes = list(config.prefix_texts) or [""]
+        u = UNIQUE_PREFIX_TOKENS if self._words else 0
+        n = POOL if wl.output_dist else len(bodies)
+        out: list[tuple[bytes, int, bytes, int]] = []
+        for i in range(n):
+            body = bodies[i % len(bodies)]
+            out_len = self.out_len()
+            for prefix in prefixes:
+                if not u:
+                    out.append((json_text(compose_text(prefix, (), body)), 0, b"", out_len))
+                    continue
+                pre = json_text(prefix + " ") if prefix else b""
+                post = json_text(" " + body) if body else b""
+                out.append((pre, u, post, out_len))
+        return out
+
+    def unique_start(self, u: int) -> bytes:
+        """`u` fresh random tokens: ids ("17,503,...") or one-token words ("ka lo mi ne")."""
+        rng = self._rng
+        if self._mode == "ids":
+            lo, hi = self._lo, self._hi
+            return ",".join([str(rng.randrange(lo, hi)) for _ in range(u)]).encode()
+        words = self._words
+        return " ".join([rng.choice(words) for _ in range(u)]).encode()
+
+    def user_text(self, first: bool = True) -> tuple[bytes, int]:
+        """The next synthetic text prompt, escaped, and its output length (conversations).
+
+        Cycles through the same texts as `build()`: a conversation's first message carries
+        its prefix group and a unique start; later messages (`first=False`) only the unique
+        start and the body, so each turn adds --input-len minus the prefix length tokens.
+        """
+        if not self._texts:
+            raise ConfigError("conversations need text prompts, and none were prepared")
+        i = self._i
+        self._i = i + 1
+        pre, u, post, out_len = self._texts[i % len(self._texts)]
+        if not u:
+            return pre + post, out_len
+        start = self.unique_start(u)
+        return (pre + start + post if first else start + post), out_len
+
+    def wrap(self, body: bytes) -> bytes:
+        """A whole request around a JSON body (head, Content-Length, body)."""
+        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     def build(self) -> bytes:
         i = self._i
         self._i = i + 1
         if self._fixed is not None:
             return self._fixed[i % len(self._fixed)]
+        if self._trace is not None:
+            row = self._rows[i % len(self._rows)]
+            body = b'{"prompt":[' + self._trace.token_ids(row) + b"]," + self.rest(row[2])
+            return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         pre, u, post = self._entries[i % len(self._entries)]
-        rng, lo, hi = self._rng, self._lo, self._hi
-        ids = ",".join([str(rng.randrange(lo, hi)) for _ in range(u)])
-        body = pre + ids.encode() + post
-        return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        body = pre + self.unique_start(u) + post
+        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body

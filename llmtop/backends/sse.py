@@ -19,6 +19,7 @@ from llmtop.metrics import records
 _INT = re.compile(rb"\s*(\d+)")
 _COMPLETION = b'"completion_tokens":'
 _PROMPT = b'"prompt_tokens":'
+_CACHED = b'"cached_tokens":'  # usage.prompt_tokens_details.cached_tokens (prefix cache)
 _EMPTY_CHOICES = b'"choices":[]'
 _EMPTY_TEXT = (b'"text":""', b'"content":""', b'"content":null')
 
@@ -50,6 +51,7 @@ class StreamState:
 
     __slots__ = (
         "buf",
+        "cached_tokens",
         "chunk_ns",
         "chunk_tokens",
         "crlf",
@@ -72,6 +74,7 @@ class StreamState:
         self.last_ns = 0
         self.usage_tokens = -1  # last completion_tokens seen in usage
         self.prompt_tokens = -1
+        self.cached_tokens = -1  # prompt tokens the server's prefix cache held (-1: not said)
         self.mode = MODE_UNKNOWN
         self.done = False
         self.error: str | None = None
@@ -125,6 +128,8 @@ class StreamState:
                         self.last_ns = t_ns
                         self.chunk_ns.append(t_ns)
                         self.chunk_tokens.append(k)
+                    elif body.find(_CACHED, s, e) >= 0:  # final usage: once a request
+                        self._prompt(body, s, e)
                     return
         if not body.startswith(b"data:", s):
             d = body.find(b"\ndata:", s, e)
@@ -181,6 +186,11 @@ class StreamState:
         j = body.find(_PROMPT, p, e)
         if j >= 0:
             self.prompt_tokens = int(_INT.match(body, j + 16).group(1))  # type: ignore[union-attr]
+        j = body.find(_CACHED, p, e)
+        if j >= 0:  # a null or odd value is no count, and no reason to fail the request
+            m = _INT.match(body, j + 16, e)
+            if m is not None:
+                self.cached_tokens = int(m.group(1))
 
     def _error_event(self, payload: bytes) -> bool:
         try:

@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, Workload
+from llmtop.cli import workloads as wl
+from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, TraceRow, Workload
 from llmtop.errors import ConfigError
 from llmtop.profiles import LENGTH_ALLOWED_CLI, Profile, load_profile, parse_length
 from llmtop.setup import PreparedRun, SimChoice, prepare
@@ -208,6 +209,7 @@ workload_options = _apply(
             help="Generate exactly --output-len tokens.",
         ),
         click.option("--seed", type=int, default=0, show_default=True),
+        *wl.WORKLOAD_FLAGS,
     ]
 )
 
@@ -296,6 +298,7 @@ def parse_headers(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 _SOURCE = click.core.ParameterSource
+_LOADED = ("trace_rows", "conversations")  # read from files by from_params, not flags
 # Pairs that cannot both be set. When one came from the command line and the other only from
 # the profile, the command line wins and the profile's value is dropped; when both were typed
 # (or both are in the profile) it is an error.
@@ -422,6 +425,17 @@ class RunOptions:
     profile: Profile | None = None
     notes: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     prompts: tuple[tuple[str, int], ...] = dataclasses.field(default=(), repr=False)
+    # production-like workloads (llmtop.cli.workloads)
+    turns: int = 1
+    think_time: str = "0"
+    prefix_groups: int = 0
+    prefix_len: int = 0
+    prompt_format: str = wl.DEFAULT_PROMPT_FORMAT
+    trace: str | None = None
+    trace_speed: float = 1.0
+    reset_prefix_cache: bool = False
+    trace_rows: tuple[TraceRow, ...] = dataclasses.field(default=(), repr=False)
+    conversations: tuple[Any, ...] = dataclasses.field(default=(), repr=False)
 
     @classmethod
     def from_params(
@@ -437,7 +451,7 @@ class RunOptions:
         ConfigError naming the flags; a flag made meaningless by another becomes a note.
         `launched`: the engine is started by `llmtop launch`, so no simulator is checked.
         """
-        names = {f.name for f in dataclasses.fields(cls)} - {"notes", "prompts"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"notes", "prompts", *_LOADED}
         o = {k: v for k, v in params.items() if k in names}
         o["url"] = o.get("url") or ""
         o["headers"] = tuple(o.get("headers") or ())
@@ -453,11 +467,13 @@ class RunOptions:
 
             prompts = load_dataset(opts.dataset, opts.dataset_format or "auto")
         notes = _ignored(opts, given, prompts)
+        notes += wl.check_workloads(opts, given)
         if not launched and not opts.url:
             opts._check_sim()
         if opts.duration is None and opts.num_requests is None:
             o["num_requests"] = default_requests
-        return dataclasses.replace(cls(**o), notes=tuple(notes), prompts=prompts)
+        files = wl.load_workload_files(opts, o)
+        return dataclasses.replace(cls(**o), notes=tuple(notes), prompts=prompts, **files)
 
     def _check_values(self) -> None:
         """Each value on its own."""
@@ -534,13 +550,21 @@ class RunOptions:
             output_dist=out_dist,
             shared_prefix_len=0 if dataset else self.shared_prefix_len,
             dataset=str(self.dataset or ""),
+            **wl.workload_fields(self),
         )
         timeouts = Timeouts(self.connect_timeout, self.timeout, self.read_timeout)
         target = Target(
             self.url, self.api, self.model, self.api_key or None, parse_headers(self.headers)
         )
         return RunConfig(
-            target, workload, plan, timeouts=timeouts, window_s=self.window, dataset=dataset
+            target,
+            workload,
+            plan,
+            timeouts=timeouts,
+            window_s=self.window,
+            dataset=() if self.conversations else dataset,
+            conversations=self.conversations,
+            trace=self.trace_rows,
         )
 
 

@@ -12,6 +12,7 @@ lateness shows up as send slip instead of being hidden.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -39,6 +40,11 @@ class ArrivalSchedule:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def exhausted(self) -> bool:
+        """An open-ended schedule never runs out (a trace does: `TraceSchedule`)."""
+        return False
 
     def _set(self, rate: float) -> None:
         if rate < 0 or math.isnan(rate):
@@ -89,4 +95,103 @@ class ArrivalSchedule:
             due.append(nxt)
             nxt = nxt + self.gap_ns()
         self._next_ns = nxt
+        return due
+
+
+class TraceSchedule:
+    """Intended send times read from a trace (offsets from its first request), replayed once.
+
+    `speed` compresses (>1) or stretches (<1) the trace's time. The live rate control stays
+    a rate: `rate` is the trace's mean rate times the current speed, and `set_rate` turns the
+    asked rate into a new speed from *now* on (the requests already due keep their times; the
+    rest follow at the new pace). A resume picks up where the trace was, the gap before the
+    next request kept at the current speed.
+    """
+
+    def __init__(self, offsets_ns: list[int], speed: float = 1.0) -> None:
+        if not speed > 0 or math.isinf(speed):
+            raise ValueError("trace speed must be > 0 and finite")
+        if any(b < a for a, b in itertools.pairwise(offsets_ns)):
+            raise ValueError("trace offsets must not go back in time")
+        self._offsets = offsets_ns
+        self._i = 0
+        self._speed = speed
+        span_ns = offsets_ns[-1] - offsets_ns[0] if offsets_ns else 0
+        # the trace's own mean rate (speed 1); a one-request trace counts as one per second
+        self._base_rate = (len(offsets_ns) - 1) * NS_PER_S / span_ns if span_ns else 1.0
+        self._wall0 = 0  # wall time at which the trace stood at `_trace0`
+        self._trace0 = 0
+        self._paused = False
+        self._started = False
+
+    @property
+    def rate(self) -> float:
+        return self._base_rate * self._speed
+
+    @property
+    def speed(self) -> float:
+        return self._speed
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def exhausted(self) -> bool:
+        """Every request of the trace has been handed out."""
+        return self._i >= len(self._offsets)
+
+    def _wall(self, trace_ns: int) -> int:
+        return self._wall0 + round((trace_ns - self._trace0) / self._speed)
+
+    def _trace_at(self, wall_ns: int) -> int:
+        return self._trace0 + round((wall_ns - self._wall0) * self._speed)
+
+    def start(self, now_ns: int) -> None:
+        """The trace's first request is due at once."""
+        self._started = True
+        self._wall0 = now_ns
+        self._trace0 = self._offsets[0] if self._offsets else 0
+
+    def set_rate(self, now_ns: int, rate: float) -> None:
+        if rate < 0 or math.isnan(rate):
+            raise ValueError("rate must be >= 0")
+        if rate == 0 or math.isinf(rate):
+            raise ValueError("a trace is replayed at a finite rate > 0 (it sets the speed)")
+        if self._started and not self._paused:
+            self._trace0 = self._trace_at(now_ns)
+            self._wall0 = now_ns
+        self._speed = rate / self._base_rate
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self, now_ns: int) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        if self._started:
+            i = self._i
+            self._trace0 = self._offsets[i - 1] if 0 < i <= len(self._offsets) else self._trace0
+            self._wall0 = now_ns
+
+    def next_due_ns(self) -> int | None:
+        """When the next request is due; None while paused or once the trace is done."""
+        if self._paused or not self._started or self.exhausted:
+            return None
+        return self._wall(self._offsets[self._i])
+
+    def take_due(self, now_ns: int, limit: int = 1_000_000) -> list[int]:
+        """Intended send times of every trace request due by `now_ns` (in trace order)."""
+        if self._paused or not self._started:
+            return []
+        due: list[int] = []
+        offsets, i, n = self._offsets, self._i, len(self._offsets)
+        while i < n and len(due) < limit:
+            t = self._wall(offsets[i])
+            if t > now_ns:
+                break
+            due.append(t)
+            i += 1
+        self._i = i
         return due

@@ -18,8 +18,10 @@ from llmtop.backends.openai import RequestFactory, parse_url
 from llmtop.backends.triton import TritonRequestFactory
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
-from llmtop.load.arrivals import NS_PER_S, ArrivalSchedule
+from llmtop.load.arrivals import NS_PER_S, ArrivalSchedule, TraceSchedule
+from llmtop.load.conversations import Conversations
 from llmtop.load.pacer import Pacer
+from llmtop.load.trace import offsets_ns
 from llmtop.metrics import records
 
 SHIP_INTERVAL_S = 0.1
@@ -52,7 +54,11 @@ class LoadDriver:
         self.concurrency = plan.concurrency or 0
         self.cap = plan.max_concurrency or 0
         rate = 0.0 if self.closed_loop else plan.request_rate
-        self.schedule = ArrivalSchedule(rate, plan.burstiness, plan.seed)
+        self.schedule: ArrivalSchedule | TraceSchedule = (
+            TraceSchedule(offsets_ns(config.trace), config.workload.trace_speed)
+            if config.trace
+            else ArrivalSchedule(rate, plan.burstiness, plan.seed)
+        )
         self.pacer = Pacer(loop, self._on_due)
         self.in_flight: set[Exchange] = set()
         self.queue: deque[tuple[int, bool]] = deque()
@@ -68,6 +74,8 @@ class LoadDriver:
         self.measure_from_ns = 0
         self.stop_at_ns: int | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        # conversations (docs/workloads.md): new ones start where a request would be sent
+        self.convs = Conversations(self) if Conversations.wanted(self) else None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -111,6 +119,8 @@ class LoadDriver:
             self.stop_reason = reason
             self.schedule.pause()
             self.pacer.arm(None)
+        if self.convs is not None:
+            self.convs.stop(reason, cancel_in_flight)
         if cancel_in_flight:
             self.queue.clear()
             for ex in list(self.in_flight):
@@ -121,6 +131,8 @@ class LoadDriver:
         self._maybe_done()
 
     def _maybe_done(self) -> None:
+        if self.convs is not None and self.convs.pending:
+            return  # conversation turns still to send
         if self.stopping and not self.in_flight and not self.queue and not self.finished.done():
             self._ship()
             self.ship(ch.LoadStopped(time.perf_counter_ns(), self.stop_reason))
@@ -140,7 +152,7 @@ class LoadDriver:
         elif isinstance(msg, ch.ConcurrencySet):
             if self.closed_loop and not self.stopping:
                 self.concurrency = msg.concurrency
-                while len(self.in_flight) < self.concurrency and not self.stopping:
+                while self._busy() < self.concurrency and not self.stopping:
                     self._start(now)
         elif isinstance(msg, ch.Paused):
             self.schedule.pause()
@@ -149,7 +161,7 @@ class LoadDriver:
         elif isinstance(msg, ch.Resumed):
             self._paused = False
             if self.closed_loop:
-                while len(self.in_flight) < self.concurrency and not self.stopping:
+                while self._busy() < self.concurrency and not self.stopping:
                     self._start(now)
             else:
                 self.schedule.resume(now)
@@ -212,7 +224,14 @@ class LoadDriver:
             self.measured_sent += 1
         self._check_count()
 
+    def _busy(self) -> int:
+        """What the closed loop keeps at --concurrency: requests, or conversations."""
+        return len(self.in_flight) if self.convs is None else self.convs.active
+
     def _send(self, intended_ns: int, slot_ns: int, measured: bool) -> None:
+        if self.convs is not None:
+            self.convs.start(intended_ns, slot_ns, measured)
+            return
         ex = Exchange(intended_ns, slot_ns, measured)
         self.in_flight.add(ex)
         self.sent += 1
@@ -220,11 +239,13 @@ class LoadDriver:
 
     def _finished(self, ex: Exchange, rec: records.RequestRecord) -> None:
         self.in_flight.discard(ex)
+        if self.convs is not None:
+            rec = self.convs.finished(ex, rec)
         self.outbox.append(rec)
         if self.queue and (not self.cap or len(self.in_flight) < self.cap):
             intended, measured = self.queue.popleft()
             self._send(intended, time.perf_counter_ns(), measured)
-        elif self.closed_loop and not self._paused and len(self.in_flight) < self.concurrency:
+        elif self.closed_loop and not self._paused and self._busy() < self.concurrency:
             self._start(time.perf_counter_ns())
         if self.stopping:
             self._maybe_done()

@@ -46,7 +46,7 @@ CATALOG: tuple[Metric, ...] = (
     _latency(
         "ttft",
         "TTFT",
-        "send → first generated token",
+        "send → first generated token (reasoning or answer)",
         live=True,
         gauge=True,
         per_second=True,
@@ -72,6 +72,12 @@ CATALOG: tuple[Metric, ...] = (
     ),
     _latency("e2el", "E2E", "send → last token", live=True, gauge=True, per_second=True),
     _latency("ttft_from_intended", "TTFT*", "intended send → first token"),
+    _latency(
+        "ttft_reasoning",
+        "TTFT think",
+        "send → first reasoning token (reasoning_content / reasoning deltas)",
+    ),
+    _latency("ttft_answer", "TTFT answer", "send → first answer token, after the reasoning"),
     _latency("e2el_from_intended", "E2E*", "intended send → last token"),
     _latency(
         "send_slip",

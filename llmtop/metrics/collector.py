@@ -33,6 +33,7 @@ from llmtop.metrics.hdr import (
     summarize,
 )
 from llmtop.metrics.records import RequestRecord
+from llmtop.metrics.turns import Turns
 
 BUCKET_NS = 1_000_000_000
 
@@ -48,6 +49,9 @@ class Counts:
     warmup: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the server's prefix cache held (usage)
+    cached_known: int = 0  # completed requests whose usage said so (0 cached included)
+    reasoning_tokens: int = 0  # of output_tokens, those that were reasoning
     errors: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: Counts) -> None:
@@ -58,6 +62,9 @@ class Counts:
         self.warmup += other.warmup
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cached_known += other.cached_known
+        self.reasoning_tokens += other.reasoning_tokens
         self.errors.update(other.errors)
 
 
@@ -123,6 +130,7 @@ class Collector:
         self.window: deque[Interval] = deque()
         self.out_of_range: Counter[str] = Counter()
         self.error_examples: dict[str, str] = {}
+        self.turns = Turns()  # per conversation turn (records with a turn number only)
         self.interval_start_ns: int | None = None
         self.measure_from_ns: int | None = None
         self.first_send_ns: int | None = None
@@ -203,6 +211,8 @@ class Collector:
         self._count(self.current_counts, rec, good)
         if rec.error == records.CANCELLED or not rec.measured:
             return
+        if rec.turn:
+            self.turns.add(rec)
         self._record("send_slip", rec.send_ns - rec.intended_ns)
         self._record("queue_wait", rec.slot_ns - rec.intended_ns)
         if rec.error is not None:
@@ -231,12 +241,20 @@ class Collector:
             c.good += 1
         c.output_tokens += max(rec.output_tokens, 0)
         c.input_tokens += max(rec.prompt_tokens, 0)
+        if rec.cached_tokens >= 0:
+            c.cached_tokens += rec.cached_tokens
+            c.cached_known += 1
+        c.reasoning_tokens += rec.reasoning_tokens
 
     def _add_latencies(self, rec: RequestRecord) -> None:
         if not rec.first_ns:
             return
         self._record("ttft", rec.first_ns - rec.send_ns)
         self._record("ttft_from_intended", rec.first_ns - rec.intended_ns)
+        if rec.reasoning_first_ns:  # a reasoning model's stream (llmtop.backends.richstream)
+            self._record("ttft_reasoning", rec.reasoning_first_ns - rec.send_ns)
+            if rec.answer_first_ns:
+                self._record("ttft_answer", rec.answer_first_ns - rec.send_ns)
         self._record("e2el", rec.last_ns - rec.send_ns)
         self._record("e2el_from_intended", rec.last_ns - rec.intended_ns)
         if rec.output_tokens > 1:

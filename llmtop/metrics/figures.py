@@ -151,6 +151,7 @@ def run_summary(collector: Collector, slo: Slo | None = None) -> dict[str, Any]:
         out_of_range=dict(collector.out_of_range),
         late_records=collector.late_records,
     )
+    out.update(workload_figures(collector))
     if slo:
         results = f.judge(slo)
         out["slo"] = {
@@ -158,4 +159,28 @@ def run_summary(collector: Collector, slo: Slo | None = None) -> dict[str, Any]:
             "ok": all(r.ok for r in results),
             "limits": slo_results(results),
         }
+    return out
+
+
+def workload_figures(collector: Collector) -> dict[str, Any]:
+    """Prompt tokens and what the server's prefix cache held of them; reasoning; turns.
+
+    `cached_prompt_tokens` sums usage.prompt_tokens_details.cached_tokens (a request whose
+    usage left it out counts 0, as vLLM leaves it out when nothing was cached); None when no
+    request reported it (vLLM without --enable-prompt-tokens-details, most other engines).
+    """
+    c = collector.counts
+    reported = c.cached_known > 0
+    out: dict[str, Any] = {
+        "prompt_tokens": c.input_tokens,
+        "cached_prompt_tokens": c.cached_tokens if reported else None,
+        "cached_prompt_fraction": (
+            c.cached_tokens / c.input_tokens if reported and c.input_tokens else None
+        ),
+    }
+    if c.reasoning_tokens:
+        out["reasoning_tokens"] = c.reasoning_tokens
+        out["answer_tokens"] = c.output_tokens - c.reasoning_tokens
+    if collector.turns.by_turn:
+        out["by_turn"] = collector.turns.summary(reported)
     return out

@@ -17,6 +17,8 @@ STREAM_CUT = "stream_cut"
 MALFORMED = "malformed_event"
 STREAM_ERROR = "stream_error"
 CANCELLED = "cancelled"
+EVENT_TOO_LARGE = "event_too_large"  # an SSE event over the parser's cap (a flood)
+BAD_USAGE = "bad_usage"  # usage counts that are not integers in range, or that went down
 
 
 def http_error(status: int) -> str:
@@ -39,6 +41,12 @@ class RequestRecord(NamedTuple):
     error: str | None  # error kind (see constants above), None on success
     detail: str  # short error detail (status line, message), "" on success
     measured: bool  # False for warmup requests
+    # Workloads (docs/workloads.md); ints with defaults so a record stays a cheap tuple.
+    cached_tokens: int = -1  # usage.prompt_tokens_details.cached_tokens; -1 when not given
+    turn: int = 0  # 1-based turn of a conversation; 0 for a request on its own
+    reasoning_tokens: int = 0  # tokens of chunks carrying reasoning (reasoning models)
+    reasoning_first_ns: int = 0  # arrival of the first reasoning chunk; 0 if none
+    answer_first_ns: int = 0  # arrival of the first answer chunk (after any reasoning); 0 if none
 
     def stamps(self) -> array:
         a = array("q")

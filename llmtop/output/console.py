@@ -12,6 +12,7 @@ from llmtop.errors import LlmtopError
 from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.output.jsonfile import dumps, write_json_atomic
+from llmtop.output.workloads import cache_lines, turn_lines
 
 # (summary key, label, definition) of each row of the final table, from the metric catalog
 TABLE_METRICS = tuple((f"{m.name}_ms", m.label, m.definition) for m in rows(METRICS))
@@ -132,6 +133,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         f"{summary['output_throughput']:,.1f} output tok/s   "
         f"{summary['total_throughput']:,.1f} total tok/s",
         f"tokens      {summary['input_tokens']:,} in   {summary['output_tokens']:,} out",
+        *cache_lines(summary),
     ]
     bottleneck = summary.get("bottleneck", client_bottleneck(summary))
     if bottleneck:
@@ -172,6 +174,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         cells = "".join(f"{_ms(m[p]):>10}" for p in ("p50", "p90", "p99", "p99.9", "mean", "max"))
         lines.append(f"{label:<11}{cells}   {definition}")
     lines.append("(* from the intended send time: includes any client-side delay)")
+    lines.extend(turn_lines(summary))
     if summary.get("notes"):
         lines.extend(f"note: {n}" for n in summary["notes"])
     stamps = summary.get("receive_stamps") or {}
