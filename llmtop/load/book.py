@@ -56,6 +56,7 @@ class WorkerAccount:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    warmup: int = 0
     cpu_s: float = 0.0
     sent: int = 0
     in_flight: int = 0
@@ -63,7 +64,7 @@ class WorkerAccount:
     lost: bool = False
     lost_at_ns: int | None = None
     lost_reason: str = ""
-    lost_in_flight: int = 0
+    lost_in_flight: int = 0  # sent by it and never reported back: lost with it
     slip: HdrHistogram = field(default_factory=new_histogram)  # µs, whole run
     lag: HdrHistogram = field(default_factory=new_histogram)  # µs, whole run
     # the live guard's stretches: (start_ns, histogram) for the current and previous RECENT_S
@@ -225,6 +226,7 @@ class WorkerBook:
                 acc.cancelled += 1
                 continue
             if not r.measured:
+                acc.warmup += 1
                 continue
             if r.error is None:
                 acc.completed += 1
@@ -249,6 +251,7 @@ class WorkerBook:
         acc.completed += counts.get("completed", 0)
         acc.failed += counts.get("failed", 0)
         acc.cancelled += counts.get("cancelled", 0)
+        acc.warmup += counts.get("warmup", 0)
 
     def status(self, index: int, t_ns: int, cpu_s: float, sent: int, in_flight: int) -> None:
         acc = self.accounts[index]
@@ -275,7 +278,8 @@ class WorkerBook:
             acc.lost = True
             acc.lost_at_ns = now_ns
             acc.lost_reason = reason
-            acc.lost_in_flight = acc.in_flight
+            reported = acc.completed + acc.failed + acc.cancelled + acc.warmup
+            acc.lost_in_flight = max(acc.in_flight, acc.sent - reported)
 
     def lines(self, now_ns: int) -> tuple[WorkerLine, ...]:
         return tuple(a.line(now_ns) for a in self.accounts)
