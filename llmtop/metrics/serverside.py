@@ -7,8 +7,10 @@ Latency: an engine exports Prometheus histograms (cumulative counts per `le` bou
 seconds). The requests finished between two scrapes are the difference of the two scrapes'
 counts; a percentile is found in the bucket where the cumulative count crosses it and
 **linearly interpolated within that bucket** (as Prometheus' `histogram_quantile` does), so
-it is only as exact as the bucket is narrow: each figure carries the bucket it fell in. A
-percentile that falls in the open `+Inf` bucket is reported as the last finite bound.
+it is only as exact as the bucket is narrow: each figure carries the bucket its p50 fell
+in. When every request of the interval fell in one bucket, the histogram's own mean
+(`_sum` / `_count`) narrows the stretch interpolated over (see `quantile_s`). A percentile
+that falls in the open `+Inf` bucket is reported as the last finite bound.
 
 GPU: each sample may carry `"gpu"` (see `engines.gpu`): per-GPU and total utilisation,
 power, memory and, where the source has it, the energy counter. Energy over the measured
@@ -61,15 +63,30 @@ def bucket_counts(now: Hist, before: Hist | None) -> list[float] | None:
 
 
 def quantile_s(
-    le: Sequence[float], counts: Sequence[float], q: float
+    le: Sequence[float], counts: Sequence[float], q: float, mean_s: float | None = None
 ) -> tuple[float, float, float]:
     """(value, bucket low, bucket high) in seconds of quantile `q` (0..1); NaNs when empty.
 
-    `le` are the finite bounds; `counts` has one more entry, the +Inf bucket.
+    `le` are the finite bounds; `counts` has one more entry, the +Inf bucket. When every
+    value fell in one finite bucket, `mean_s` (the histogram's sum / count) is that bucket's
+    own mean, and the interpolation runs over the narrowest stretch of it a uniform spread
+    with that mean fits in (vLLM's first queue bucket is 0-300 ms: a 4 ms mean must not
+    read as a 150 ms median).
     """
     total = sum(counts)
     if total <= 0:
         return math.nan, math.nan, math.nan
+    occupied = [i for i, c in enumerate(counts) if c > 0]
+    if mean_s is not None and len(occupied) == 1 and occupied[0] < len(le):
+        i = occupied[0]
+        lo, hi = (le[i - 1] if i > 0 else 0.0), le[i]
+        if lo <= mean_s <= hi:
+            a, b = lo, hi
+            if mean_s - lo <= hi - mean_s:
+                b = lo + 2 * (mean_s - lo)
+            else:
+                a = hi - 2 * (hi - mean_s)
+            return a + (b - a) * min(max(q, 0.0), 1.0), lo, hi
     rank = q * total
     cum = 0.0
     for i, c in enumerate(counts):
@@ -94,20 +111,25 @@ def latency_figures(now: Hist, before: Hist | None) -> dict[str, Any] | None:
         return None
     le = list(now["le"])
     total = sum(counts)
+    mean_s = _mean_s(now, before, total)
     out: dict[str, Any] = {"source": now.get("source")}
     for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-        v, lo, hi = quantile_s(le, counts, q)
+        v, lo, hi = quantile_s(le, counts, q, mean_s)
         out[name] = v * 1e3
         if name == "p50":
             out["p50_bucket_ms"] = [lo * 1e3, hi * 1e3]
+    out["mean"] = mean_s * 1e3 if mean_s is not None else math.nan
+    out["count"] = round(total)
+    return out
+
+
+def _mean_s(now: Hist, before: Hist | None, total: float) -> float | None:
+    """sum / count over the interval (None when the server gave no `_sum`)."""
     s_now = now.get("sum")
     s_before = before.get("sum") if before is not None else 0.0
     if total and isinstance(s_now, int | float) and isinstance(s_before, int | float):
-        out["mean"] = (s_now - s_before) / total * 1e3
-    else:
-        out["mean"] = math.nan
-    out["count"] = round(total)
-    return out
+        return (s_now - s_before) / total
+    return None
 
 
 def spectrum_ms(
@@ -118,7 +140,8 @@ def spectrum_ms(
     if not counts or sum(counts) <= 0:
         return []
     le = list(now["le"])
-    return [(q, quantile_s(le, counts, q)[0] * 1e3) for q in quantiles]
+    mean_s = _mean_s(now, before, sum(counts))
+    return [(q, quantile_s(le, counts, q, mean_s)[0] * 1e3) for q in quantiles]
 
 
 def _with_histograms(series: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

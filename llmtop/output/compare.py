@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmtop.output.observe import per_gpu
+
 # (key, label, unit, better, getter path) — better is "higher", "lower" or "" (information).
 Row = tuple[str, str, str, str]
 ROWS: tuple[Row, ...] = (
@@ -33,6 +35,13 @@ ROWS: tuple[Row, ...] = (
     ("knee.rate", "Knee (highest load within SLO)", "", "higher"),
     ("knee.output_throughput", "Knee output throughput", "tok/s", "higher"),
     ("knee.goodput", "Knee goodput", "req/s", "higher"),
+    # the server's own view and the cost of a token (issue 15; llmtop.output.observe)
+    ("server_latency.ttft_ms.p50", "Server TTFT p50 (its buckets)", "ms", "lower"),
+    ("server_latency.queue_ms.p50", "Server queue p50 (its buckets)", "ms", "lower"),
+    ("output_throughput_per_gpu", "Output throughput per GPU", "tok/s", "higher"),
+    ("gpu.energy_j_per_output_token", "Energy per output token", "J", "lower"),
+    ("gpu.power_w_mean", "GPU power, mean of all", "W", ""),
+    ("gpu.util_pct_mean", "GPU utilisation, mean", "%", ""),
     ("completed", "Completed requests", "", ""),
 )
 
@@ -56,10 +65,11 @@ def metric_value(snap: dict[str, Any], key: str) -> float | None:
     if key == "error_rate":
         done = (s.get("completed") or 0) + (s.get("failed") or 0)
         return 100.0 * (s.get("failed") or 0) / done if done else None
-    head, _, stat = key.partition(".")
-    v = s.get(head)
-    if stat:
-        v = v.get(stat) if isinstance(v, dict) else None
+    if key == "output_throughput_per_gpu":
+        return _num(per_gpu(snap)[0])
+    v: Any = s
+    for part in key.split("."):  # "ttft_ms.p50", "server_latency.ttft_ms.p50"
+        v = v.get(part) if isinstance(v, dict) else None
     return _num(v)
 
 

@@ -77,10 +77,13 @@ def observe_lines(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def per_gpu(summary: Mapping[str, Any]) -> tuple[float, float]:
-    """(output tokens/s per GPU, joules per output token) of a run; NaN where unknown."""
+def per_gpu(snap: Mapping[str, Any]) -> tuple[float, float]:
+    """(output tokens/s per GPU, joules per output token) of a snapshot (or a `--json`
+    summary); NaN where unknown. GPUs: those the telemetry saw, else the simulator's TP."""
+    summary = snap.get("summary") if isinstance(snap.get("summary"), Mapping) else snap
     gpu = summary.get("gpu") if isinstance(summary.get("gpu"), Mapping) else None
-    n = (gpu or {}).get("gpus") or ((summary.get("target") or {}).get("sim") or {}).get("tp")
+    sim = (snap.get("target") or {}).get("sim") or (snap.get("target") or {}).get("simulated")
+    n = (gpu or {}).get("gpus") or (sim or {}).get("tp")
     tps = summary.get("output_throughput")
     per = tps / n if isinstance(tps, int | float) and n else math.nan
     jpt = (gpu or {}).get("energy_j_per_output_token")

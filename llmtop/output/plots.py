@@ -13,11 +13,14 @@ from typing import Any
 
 from llmtop.errors import LlmtopError
 from llmtop.metrics import catalog
+from llmtop.metrics.serverside import run_histograms, spectrum_ms
 from llmtop.output.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
 from llmtop.output.snapshot import histogram_of
 
 FORMATS = ("png", "svg")
 SPECTRUM_METRICS = tuple((m.name, m.label) for m in catalog.rows(catalog.SPECTRUM_METRICS))
+if "e2el" not in catalog.SPECTRUM_METRICS:  # issue 15: TTFT / ITL / E2E beside the server's
+    SPECTRUM_METRICS += (("e2el", "E2E"),)
 # Percentiles of the spectrum: 0 and then 1 - 10^(-k/10), up to 99.999 %.
 SPECTRUM_PERCENTILES = (0.0, *(100.0 * (1 - 10 ** (-k / 10)) for k in range(1, 51)))
 
@@ -76,12 +79,25 @@ def spectrum(snap: dict[str, Any], metric: str) -> tuple[list[float], list[float
     return xs, ys
 
 
+def server_spectrum(snap: dict[str, Any], metric: str) -> tuple[list[float], list[float]]:
+    """(percentile, ms) from the server's own histogram of `metric` over the run (its
+    scrapes before and after), interpolated linearly within buckets; ([], []) without."""
+    pair = run_histograms(snap.get("server_series") or []).get(metric)
+    if pair is None:
+        return [], []
+    qs = [p / 100 for p in SPECTRUM_PERCENTILES if p <= 99.99 + 1e-9]
+    pts = spectrum_ms(pair[0], pair[1], qs)
+    return [q * 100 for q, _ in pts], [v for _, v in pts]
+
+
 def plot_spectrum(
     snaps: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FORMATS
 ) -> list[Path]:
     """TTFT / TPOT / ITL against percentile, x = 1/(1-p) on a log axis (as HdrHistogram)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(SPECTRUM_METRICS), figsize=(15, 4.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(SPECTRUM_METRICS), figsize=(5 * len(SPECTRUM_METRICS), 4.5), squeeze=False
+    )
     ticks = [1, 10, 100, 1000, 10_000, 100_000]
     tick_labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
     for ax, (metric, title) in zip(axes[0], SPECTRUM_METRICS, strict=True):
@@ -91,8 +107,18 @@ def plot_spectrum(
             if not xs:
                 continue
             inv = [1 / (1 - p / 100) for p in xs]
-            ax.plot(inv, ys, label=snapshot_name(snap), linewidth=1.6)
+            (line,) = ax.plot(inv, ys, label=snapshot_name(snap), linewidth=1.6)
             drawn = True
+            sx, sy = server_spectrum(snap, metric)
+            if sx:  # the server's own view, dashed in the same colour
+                ax.plot(
+                    [1 / (1 - p / 100) for p in sx],
+                    sy,
+                    linestyle="--",
+                    linewidth=1.2,
+                    color=line.get_color(),
+                    label=f"{snapshot_name(snap)} (server)",
+                )
         ax.set_xscale("log")
         ax.set_xticks(ticks, tick_labels)
         ax.set_xlim(1, 100_000)
@@ -283,7 +309,9 @@ def markdown(snaps: list[dict[str, Any]], pictures: dict[str, list[Path]]) -> st
         ),
         "percentiles": (
             "Percentile spectrum",
-            "Whole-run latency at each percentile; the x axis is 1/(1−p), as HdrHistogram plots.",
+            "Whole-run latency at each percentile; the x axis is 1/(1−p), as HdrHistogram plots. "
+            "Dashed: the server's own histograms (where it exports them), interpolated "
+            "linearly within its buckets.",
         ),
         "timeseries": ("Time series", "Sliding-window figures, one point a second."),
     }
