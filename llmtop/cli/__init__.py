@@ -29,8 +29,9 @@ def _register() -> None:
     """Every command, imported plainly: a broken module is an error, never a missing command."""
     from llmtop.cli.knee import knee_command
     from llmtop.cli.launch import launch_command
+    from llmtop.cli.profiles import profiles_command
     from llmtop.cli.run import run_command
-    from llmtop.cli.snapshots import compare_command, report_command
+    from llmtop.cli.snapshots import compare_command, export_command, report_command
     from llmtop.sim.cli import sim_command
 
     for name, command in (
@@ -40,7 +41,9 @@ def _register() -> None:
         ("sim", sim_command),
         ("compare", compare_command),
         ("report", report_command),
+        ("export", export_command),
         ("launch", launch_command),
+        ("profiles", profiles_command),
     ):
         cli.add_command(command, name)
 

@@ -19,7 +19,12 @@ from llmtop.cli.options import (
 )
 from llmtop.config import RunConfig
 from llmtop.errors import LlmtopError
-from llmtop.output.console import ProgressLine, print_summary, write_json_output
+from llmtop.output.console import (
+    ProgressLine,
+    client_bottleneck,
+    print_summary,
+    write_json_output,
+)
 from llmtop.output.exports import RequestLog
 from llmtop.output.snapshot import build_snapshot, save_snapshot
 from llmtop.session import Interrupts, LoadSession, drive
@@ -72,14 +77,16 @@ def run_headless(
     summary["interrupted"] = ended.interrupted
     if session.stopped is not None:
         summary["stop_reason"] = session.stopped.reason
+    summary["bottleneck"] = client_bottleneck(summary)
     result = HeadlessResult(summary, ended.interrupted, session.failure)
+    human = sys.stderr if json_path == "-" else sys.stdout  # `--json -`: stdout is the JSON
     if json_path:
         write_json_output(json_path, summary)
     if save_path:
         save_snapshot(save_path, build_snapshot(session, extra))
-    print_summary(summary, sys.stdout)
+    print_summary(summary, human)
     if save_path:
-        sys.stdout.write(f"snapshot    {save_path}\n")
+        human.write(f"snapshot    {save_path}\n")
     return result
 
 
@@ -91,7 +98,10 @@ def run_headless(
     "--slo", help="SLO to judge the run by, e.g. 'ttft_p99<=1s,tpot_p99<=20ms,error_rate<=1%'."
 )
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the results as JSON here."
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Write the results as JSON here ('-': to stdout, the table then goes to stderr).",
 )
 @click.option(
     "--save",
@@ -134,7 +144,8 @@ def run_command(**o: Any) -> None:
     if result.failure:
         raise LlmtopError(result.failure.splitlines()[0])
     if result.interrupted:
-        where = f" and in {o['json_path']}" if o["json_path"] else ""
+        json_to = "on stdout" if o["json_path"] == "-" else f"in {o['json_path']}"
+        where = f" and {json_to}" if o["json_path"] else ""
         click.echo(f"llmtop: interrupted; the results so far are above{where}", err=True)
         sys.exit(130)
     s = result.summary

@@ -9,6 +9,7 @@ end here with a one-line error before the UI takes over the terminal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
@@ -18,7 +19,8 @@ import click
 
 from llmtop.cli.options import (
     RunOptions,
-    load_options,
+    echo_err,
+    make_load_options,
     parse_slo,
     prepared,
     target_options,
@@ -29,6 +31,13 @@ from llmtop.errors import ConfigError, LlmtopError
 UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
 UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
 WORKER_GRACE_S = 15.0
+
+# The UI's own defaults, shown as such in `llmtop ui --help`.
+ui_load_options = make_load_options(
+    default_rate=f"{UI_START_RATE:g}",
+    duration_help="Seconds of measured load (after --warmup). Default: until you quit.",
+    requests_help="Measured requests to send. Default: no limit (until you quit).",
+)
 
 
 class DefaultCommandGroup(click.Group):
@@ -66,7 +75,7 @@ class RateStepType(click.ParamType):
 @click.argument("target_url", metavar="[URL]", required=False)
 @target_options
 @workload_options
-@load_options
+@ui_load_options
 @click.option(
     "--slo", help="SLO shown on the gauges and charts, e.g. 'ttft_p99<=1s,tpot_p99<=20ms'."
 )
@@ -91,12 +100,23 @@ def ui_command(ctx: click.Context, target_url: str | None, **o: Any) -> None:
             raise ConfigError("give the URL once: as an argument or with --url")
         o["url"] = target_url
     source = ctx.get_parameter_source("request_rate")
-    if source == click.core.ParameterSource.DEFAULT and o.get("concurrency") is None:
+    if source == click.core.ParameterSource.DEFAULT_MAP and math.isinf(o["request_rate"]):
+        # an all-at-once profile: the UI steers a rate, so it starts low and the arrows ramp
+        echo_err(
+            f"llmtop: note: the profile sends all at once; the UI starts at "
+            f"{UI_START_RATE:g} req/s instead (the arrows raise it)"
+        )
         o["request_rate"] = UI_START_RATE
-    sys.exit(run_ui(o))
+    sys.exit(run_ui(o, ctx))
 
 
-def run_ui(o: dict[str, Any]) -> int:
+def no_terminal() -> bool:
+    """The UI reads keys from stdin and draws on stderr (Textual's output): both must be a
+    terminal, or it would run blind."""
+    return not (sys.stdin.isatty() and sys.stderr.isatty())
+
+
+def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
     """Validate, start the simulator or preflight the server, then run the app to the end."""
     from llmtop.session import LoadSession
     from llmtop.tui.app import create_app
@@ -104,14 +124,20 @@ def run_ui(o: dict[str, Any]) -> int:
     from llmtop.tui.model import RunInfo
     from llmtop.tui.worker import SessionDriver
 
-    if o.get("duration") is None and o.get("num_requests") is None:
-        o["duration"] = UI_DURATION_S
-    opts = RunOptions.from_params(o, default_requests=None)
+    until_quit = o.get("duration") is None and o.get("num_requests") is None
+    opts = RunOptions.from_params(o, ctx, default_requests=None)
+    if until_quit:
+        opts = dataclasses.replace(opts, duration=UI_DURATION_S)
     if math.isinf(opts.request_rate) and opts.concurrency is None:
         raise ConfigError("the UI steers a finite rate: give --request-rate N (req/s)")
     if o.get("exit_after") is not None and not o["exit_after"] > 0:
         raise ConfigError("--exit-after must be > 0")
     slo = parse_slo(o.get("slo"))
+    if no_terminal():
+        raise ConfigError(
+            "the live UI needs a terminal (stdin and stderr); for a headless run use "
+            "`llmtop run` with the same flags (it prints a table, --json - writes JSON)"
+        )
     with prepared(opts) as prep:
         poller = prep.new_poller()
         extra = prep.extra

@@ -32,7 +32,7 @@ from types import TracebackType
 
 from llmtop.errors import LlmtopError
 
-ENGINES = ("vllm", "trtllm")
+ENGINES = ("vllm", "trtllm", "sim")  # sim: llmtop's simulated engine, to try launch without a GPU
 DEFAULT_HEALTH_TIMEOUT_S = 900.0
 STOP_GRACE_S = 20.0
 LOG_TAIL_LINES = 30
@@ -147,6 +147,10 @@ def engine_command(
             "trtllm-serve is not installed: pip install 'llmtop[trtllm]' (NVIDIA GPU and "
             "CUDA needed), or give --engine-python PATH/TO/venv/bin/python"
         )
+    if name == "sim":  # `python -m llmtop.sim`: a leading positional is its --model preset
+        model, rest = _split_model(args)
+        py = python or sys.executable
+        return [py, "-m", "llmtop.sim", *(["--model", model] if model else []), *rest], "llmtop sim"
     raise EngineStartError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
 
 

@@ -21,6 +21,7 @@ from hdrh.log import HistogramLogWriter
 from llmtop.errors import LlmtopError
 from llmtop.metrics.catalog import GAUGE_METRICS, INTERVAL_METRICS
 from llmtop.metrics.records import RequestRecord
+from llmtop.output.jsonfile import clean
 from llmtop.output.snapshot import histogram_of
 
 
@@ -115,12 +116,36 @@ def write_steps_csv(snap: dict[str, Any], out: TextIO) -> int:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
     rows = 0
-    for step in snap.get("steps") or []:
+    for step in snap.get("steps") or [_whole_run(snap)]:
         row = [_cell(step.get(key)) for _, key in STEP_COLUMNS]
         for m in STEP_METRICS:
             figures = step.get(f"{m}_ms") or {}
             row += [_cell(figures.get(st)) for st in STEP_STATS]
         w.writerow(row)
+        rows += 1
+    return rows
+
+
+def _whole_run(snap: dict[str, Any]) -> dict[str, Any]:
+    """The one row of a run without steps (a `run --json` result): the whole run."""
+    s = snap.get("summary") or {}
+    done = (s.get("completed") or 0) + (s.get("failed") or 0)
+    slo = s.get("slo")
+    return {
+        **s,
+        "index": 0,
+        "label": "whole run",
+        "offered": (snap.get("plan") or {}).get("request_rate"),
+        "error_rate": (s.get("failed") or 0) / done if done else None,
+        "slo_ok": slo.get("ok") if isinstance(slo, dict) else None,
+    }
+
+
+def write_series_jsonl(snap: dict[str, Any], out: TextIO) -> int:
+    """The 1-second time series, one JSON object a line (`t_s` from the start of the run)."""
+    rows = 0
+    for point in snap.get("series") or []:
+        out.write(json.dumps(clean(point), separators=(",", ":")) + "\n")
         rows += 1
     return rows
 
