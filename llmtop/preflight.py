@@ -19,11 +19,13 @@ import aiohttp
 from llmtop.backends.http import error_detail
 from llmtop.backends.openai import api_path, body_fields, parse_url
 from llmtop.config import Dialect, RunConfig, Target
+from llmtop.engines.tokenizer import TextPieces, text_pieces
 from llmtop.errors import TargetError
 
 PROBE_INPUT_TOKENS = 8
 PROBE_OUTPUT_TOKENS = 3
 TEXT_POOL = 32
+REASONING_KEYS = (b'"reasoning_content":"', b'"reasoning":"')  # a non-null reasoning delta
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "de", "po", "an", "el", "or", "ti")
 
 
@@ -35,6 +37,8 @@ class Preflight:
     text_prompts: tuple[str, ...]
     server_header: str
     notes: tuple[str, ...]
+    prefix_texts: tuple[str, ...] = ()  # text prompts' prefix groups (llmtop.engines.tokenizer)
+    unique_words: tuple[str, ...] = ()  # one-token words for text prompts' unique starts
 
 
 def _detail(body: bytes, limit: int = 160) -> str:
@@ -97,14 +101,18 @@ def _probe_body(config: RunConfig, dialect: Dialect, text: str) -> dict[str, Any
 
 async def _probe(
     session: aiohttp.ClientSession, url: str, target: Target, body: dict[str, Any]
-) -> tuple[int, str, bool]:
-    """POST one short streaming request; (status, error detail, usage on every chunk)."""
+) -> tuple[int, str, bool, bool]:
+    """POST one short streaming request.
+
+    (status, error detail, usage on every chunk, reasoning deltas seen).
+    """
     try:
         async with session.post(url, json=body, headers=target.auth_headers()) as resp:
             if resp.status != 200:
-                return resp.status, _detail(await resp.read()), False
+                return resp.status, _detail(await resp.read()), False, False
             chunks = 0
             with_usage = 0
+            reasoning = False
             async for line in resp.content:
                 line = line.strip()
                 if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
@@ -114,9 +122,10 @@ async def _probe(
                 chunks += 1
                 if b'"completion_tokens"' in line:
                     with_usage += 1
+                reasoning = reasoning or any(k in line for k in REASONING_KEYS)
                 if b'"error"' in line:
-                    return 200, error_detail(line[5:].strip()), False
-            return 200, "", chunks > 0 and with_usage == chunks
+                    return 200, error_detail(line[5:].strip()), False, False
+            return 200, "", chunks > 0 and with_usage == chunks, reasoning
     except aiohttp.ClientConnectorError as exc:
         raise TargetError(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -225,7 +234,9 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
         target = dataclasses.replace(target, model=model)
         config = dataclasses.replace(config, target=target)
         url = base + api_path(endpoint, target.api)
-        dialect = Dialect(token_id_prompts=target.api != "chat")
+        dialect = Dialect(
+            token_id_prompts=target.api != "chat" and config.workload.prompt_format != "text"
+        )
         probe_text = " ".join(_words(random.Random(2), PROBE_INPUT_TOKENS))
         # Optional fields, dropped one at a time while the server answers 400.
         fallbacks = [
@@ -235,7 +246,7 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
             ("token_id_prompts", "token-id prompts"),
         ]
         while True:
-            status, detail, per_chunk_usage = await _probe(
+            status, detail, per_chunk_usage, reasoning = await _probe(
                 session, url, target, _probe_body(config, dialect, probe_text)
             )
             if status == 200 and not detail:
@@ -257,19 +268,45 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
             if status == 200:
                 raise TargetError(f"{target.url} sent an error in its stream: {detail}")
             raise TargetError(f"{target.url} answered a test request with HTTP {status}: {detail}")
+        if reasoning:
+            dialect = dataclasses.replace(dialect, reasoning=True)
+            notes.append("the model streams reasoning: its tokens are counted apart")
         if dialect.continuous_usage and not per_chunk_usage:
             dialect = dataclasses.replace(dialect, continuous_usage=False)
             notes.append("no usage on every chunk: one token per content chunk is assumed")
-        texts: tuple[str, ...] = ()
-        if not config.dataset and (target.api == "chat" or not dialect.token_id_prompts):
-            texts, note = await _text_prompts(
-                session, base, target, config.workload.input_len, config.workload.seed
-            )
-            if note:
-                notes.append(note)
+        pieces = TextPieces(())
+        if wants_text(config, dialect):
+            wl = config.workload
+
+            async def count(text: str) -> int | None:
+                return await _tokenize(session, base, target, text)
+
+            groups, plen = (wl.prefix_groups, wl.prefix_len) if wl.prefix_groups else (0, 0)
+            pieces = await text_pieces(count, wl.input_len, groups, plen, wl.seed, TEXT_POOL)
+            notes.extend(pieces.notes)
             if target.api == "chat":
                 notes.append("chat prompts are sized without the chat template, which adds tokens")
-    return Preflight(model, tuple(models), dialect, texts, server, tuple(notes))
+    return Preflight(
+        model,
+        tuple(models),
+        dialect,
+        pieces.bodies,
+        server,
+        tuple(notes),
+        pieces.prefixes,
+        pieces.words,
+    )
+
+
+def wants_text(config: RunConfig, dialect: Dialect) -> bool:
+    """Synthetic text prompts are needed: chat, text format, or conversation turns."""
+    if config.dataset or config.trace or config.conversations:
+        return False
+    return (
+        config.target.api == "chat"
+        or not dialect.token_id_prompts
+        or config.workload.turns != 1
+    )
 
 
 async def _triton(session: aiohttp.ClientSession, base: str, config: RunConfig) -> Preflight:
