@@ -115,6 +115,10 @@ class LoadPlan:
     num_requests: int | None = None
     warmup_s: float = 0.0
     seed: int = 0
+    # Scale-out (docs/scale.md): load processes on this machine, or Ray actors across the
+    # cluster at `ray` ("auto", "host:port", "ray://..."); the load is split among them.
+    workers: int = 1
+    ray: str | None = None
 
     @property
     def closed_loop(self) -> bool:

@@ -16,7 +16,8 @@ from typing import Any
 
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
-from llmtop.load.process import LoadProcess, yield_to_load_process
+from llmtop.load.process import yield_to_load_process
+from llmtop.load.workers import WorkerLost, make_group
 from llmtop.metrics.catalog import LIVE_METRICS
 from llmtop.metrics.collector import Collector
 from llmtop.metrics.figures import run_summary, window_figures
@@ -51,7 +52,10 @@ class LoadSession:
         self.record_sink: Any = None  # called with (record, step index) for --save-requests
         self.interval_recorder = IntervalRecorder()
         self._next_series_ns = 0
-        self.process = LoadProcess(config)
+        # --workers N load processes here, or Ray actors over a cluster (llmtop.load.workers)
+        self.process = make_group(config)
+        self.process.limits_ms = self.slo.per_request_limits_ms()  # remote collectors' goodput
+        self.worker_events: list[dict[str, Any]] = []  # workers lost mid-run, and when
         self.status: ch.StatusReported | None = None
         self.stopped: ch.LoadStopped | None = None
         self.failure: str | None = None
@@ -86,6 +90,10 @@ class LoadSession:
             self.collector.measurement_started(msg.t_ns)
         elif isinstance(msg, ch.LoadStopped):
             self.stopped = msg
+        elif isinstance(msg, WorkerLost):
+            self.worker_events.append(self.process.lost_event(msg, self.start_ns))
+        elif hasattr(msg, "merge_into"):  # interval histograms from remote workers (Ray)
+            msg.merge_into(self.collector)
         elif isinstance(msg, ch.LoadFailed):
             self.failure = self.failure or msg.message
 
@@ -136,6 +144,8 @@ class LoadSession:
             slo=tuple(slo_results),
             step_index=len(self.collector.steps) - 1,
             server=server,
+            workers=self.process.book.lines(now_ns),
+            client_bound=self.process.book.verdict(now_ns).message or None,
         )
         if now_ns >= self._next_series_ns:
             self._next_series_ns = now_ns + 1_000_000_000
@@ -145,12 +155,12 @@ class LoadSession:
     # -- control ------------------------------------------------------------------------
     def set_rate(self, rate: float, label: str = "") -> None:
         """Change the offered rate now; a new rate step starts with it."""
-        self.process.send(ch.RateSet(rate))
-        self.collector.begin_step(time.perf_counter_ns(), rate, label)
+        at_ns = self.process.send(ch.RateSet(rate))  # workers change at an agreed instant
+        self.collector.begin_step(at_ns or time.perf_counter_ns(), rate, label)
 
     def set_concurrency(self, concurrency: int, label: str = "") -> None:
-        self.process.send(ch.ConcurrencySet(concurrency))
-        self.collector.begin_step(time.perf_counter_ns(), float(concurrency), label)
+        at_ns = self.process.send(ch.ConcurrencySet(concurrency))
+        self.collector.begin_step(at_ns or time.perf_counter_ns(), float(concurrency), label)
 
     def pause(self) -> None:
         self.process.send(ch.Paused())
@@ -179,6 +189,10 @@ class LoadSession:
         out = run_summary(self.collector, self.slo)
         out["load_cpu_s"] = self.status.load_cpu_s if self.status else 0.0
         out["precise_pacer"] = self.status.precise_pacer if self.status else False
+        out.update(self.process.describe())  # "workers": per-worker figures, "ray"
+        out["workers"] = self.process.book.summaries(self.start_ns)
+        out["workers_lost"] = list(self.worker_events)
+        out["client_saturation"] = self.process.book.run_verdict().as_dict()
         out["receive_stamps"] = {
             "kernel": self.status.kernel_stamps if self.status else 0,
             "user": self.status.user_stamps if self.status else 0,

@@ -267,8 +267,60 @@ def make_load_options(
                 show_default=True,
                 help="Sliding window for live figures (s).",
             ),
+            scale_options,
         ]
     )
+
+
+# -- scale-out (issue 13, docs/scale.md): how many load processes, and where ---------------------
+class WorkersType(click.ParamType):
+    """`--workers N` (N >= 1) or `auto` (this machine's free cores minus one)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            from llmtop.load.workers import auto_workers
+
+            return auto_workers()
+        try:
+            return int(text)
+        except ValueError:
+            self.fail(f"{value!r}: give a number of workers (e.g. 4) or 'auto'", param, ctx)
+
+
+scale_options = _apply(
+    [
+        click.option(
+            "--workers",
+            type=WorkersType(),
+            default="1",
+            show_default=True,
+            help="Load processes to split the load over (auto: free cores minus one); with "
+            "--ray, Ray actors spread over the cluster's nodes.",
+        ),
+        click.option(
+            "--ray",
+            "ray",
+            metavar="ADDRESS",
+            help="Run the workers as Ray actors on a cluster: auto, host:port or ray://host:port "
+            "(pip install 'llmtop[ray]').",
+        ),
+    ]
+)
+
+
+def check_ray_address(address: str) -> None:
+    """`--ray` must name a cluster the way `ray.init(address=...)` takes it."""
+    text = address.strip()
+    if text == "auto" or text.startswith("ray://"):
+        return
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--ray {address!r}: expected auto, host:port or ray://host:port")
 
 
 load_options = make_load_options()
@@ -422,6 +474,8 @@ class RunOptions:
     num_requests: int | None = None
     warmup: float = 0.0
     window: float = 10.0
+    workers: int = 1  # --workers (scale_options)
+    ray: str | None = None  # --ray ADDRESS
     profile: Profile | None = None
     notes: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     prompts: tuple[tuple[str, int], ...] = dataclasses.field(default=(), repr=False)
@@ -477,6 +531,10 @@ class RunOptions:
 
     def _check_values(self) -> None:
         """Each value on its own."""
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1 (or auto), got {self.workers}")
+        if self.ray:
+            check_ray_address(self.ray)
         if self.shared_prefix_len < 0:
             raise ConfigError(f"--shared-prefix-len must be >= 0, got {self.shared_prefix_len}")
         for name in ("duration", "timeout", "read_timeout", "connect_timeout", "window"):
@@ -533,6 +591,8 @@ class RunOptions:
             num_requests=self.num_requests,
             warmup_s=self.warmup,
             seed=self.seed,
+            workers=self.workers,
+            ray=self.ray,
         )
         dataset = self.prompts
         if self.dataset and not dataset:

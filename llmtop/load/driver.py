@@ -78,9 +78,10 @@ class LoadDriver:
         self.convs = Conversations(self) if Conversations.wanted(self) else None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, t0_ns: int | None = None) -> None:
+        """Start the load now, or at `t0_ns` (a group's common start barrier, just passed)."""
         plan = self.cfg.plan
-        now = time.perf_counter_ns()
+        now = time.perf_counter_ns() if t0_ns is None else t0_ns
         self.t0_ns = now
         self.ship(ch.LoadStarted(now))
         self.measure_from_ns = now + round(plan.warmup_s * NS_PER_S)

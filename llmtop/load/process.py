@@ -28,13 +28,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def _amain(sock: socket.socket, config: RunConfig) -> None:
+async def _amain(sock: socket.socket, config: RunConfig, hook: Any = None) -> None:
     from llmtop.load.driver import LoadDriver
 
     loop = asyncio.get_running_loop()
     driver: LoadDriver | None = None
 
     def on_message(msg: Any) -> None:
+        if hook is not None and hook.on_control(msg):
+            return  # a worker of a group: barrier, timed controls (llmtop.load.hook)
         if driver is not None:
             driver.on_control(msg)
 
@@ -47,6 +49,8 @@ async def _amain(sock: socket.socket, config: RunConfig) -> None:
     )
     try:
         driver = LoadDriver(config, loop, chan.send)
+        if hook is not None:
+            hook.attach(driver, loop, chan.send)
     except Exception as exc:
         chan.send(ch.LoadFailed(f"{type(exc).__name__}: {exc}"))
         transport.close()
@@ -58,7 +62,10 @@ async def _amain(sock: socket.socket, config: RunConfig) -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
-    driver.start()
+    if hook is not None:
+        hook.begin(driver)  # at once, or at the group's start barrier
+    else:
+        driver.start()
     try:
         await driver.finished
     except asyncio.CancelledError:
@@ -70,13 +77,15 @@ async def _amain(sock: socket.socket, config: RunConfig) -> None:
         await asyncio.sleep(0.01)
 
 
-def child_main(sock: socket.socket, config: RunConfig) -> None:
+def child_main(
+    sock: socket.socket, config: RunConfig, parent_pid: int | None = None, hook: Any = None
+) -> None:
     """Entry point of the load process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_amain(sock, config))
+        loop.run_until_complete(_amain(sock, config, hook))
     except Exception as exc:  # last resort: tell the parent rather than print a traceback
         try:
             sock.sendall(ch.encode(ch.LoadFailed(f"load process crashed: {exc!r}")))
@@ -119,8 +128,9 @@ def yield_to_load_process() -> str:
 class LoadProcess:
     """The parent's handle on the load process: control out, messages in."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, hook: Any = None) -> None:
         self.config = config
+        self.hook = hook  # llmtop.load.hook.WorkerHook for a worker of a group
         self.proc: multiprocessing.process.BaseProcess | None = None
         self.channel: ch.ParentChannel | None = None
 
@@ -128,7 +138,10 @@ class LoadProcess:
         ctx = multiprocessing.get_context("spawn")
         parent_sock, child_sock = socket.socketpair()
         self.proc = ctx.Process(
-            target=child_main, args=(child_sock, self.config), name="llmtop-load", daemon=True
+            target=child_main,
+            args=(child_sock, self.config, None, self.hook),
+            name="llmtop-load",
+            daemon=True,
         )
         self.proc.start()
         child_sock.close()

@@ -390,6 +390,39 @@ class Collector:
             return total, 0.0
         return total, (buckets[-1].end_ns - buckets[0].start_ns) / 1e9
 
+    # -- merging another collector's figures (remote workers, docs/scale.md) ------------
+    def merge(
+        self,
+        histograms: dict[str, HdrHistogram],
+        counts: Counts,
+        steps: dict[int, tuple[dict[str, HdrHistogram], Counts]],
+        first_send_ns: int | None = None,
+        last_end_ns: int | None = None,
+    ) -> None:
+        """Take what another collector recorded since it last shipped (a remote worker's
+        interval, on this collector's clock): the run's part into the current interval, each
+        step's into its step, exactly as `add` would have put those records. HDR counters
+        add exactly, so the merged figures are the figures of the union of the requests."""
+        for m, h in histograms.items():
+            if m in self.current:
+                add_into(self.current[m], h)
+        self.current_counts.add(counts)
+        for index, (hists, step_counts) in steps.items():
+            step = self.steps[index] if 0 <= index < len(self.steps) else None
+            if step is None or step.compact is not None:  # packed away: the run's figures only
+                self.late_records += step_counts.completed + step_counts.failed
+                continue
+            for m, h in hists.items():
+                if m in step.histograms:
+                    add_into(step.histograms[m], h)
+            step.counts.add(step_counts)
+        if first_send_ns is not None and (
+            self.first_send_ns is None or first_send_ns < self.first_send_ns
+        ):
+            self.first_send_ns = first_send_ns
+        if last_end_ns is not None and (self.last_end_ns is None or last_end_ns > self.last_end_ns):
+            self.last_end_ns = last_end_ns
+
     # -- whole run ----------------------------------------------------------------------
     def duration_s(self) -> float:
         """From the start of measurement to the last response's end (as vllm bench does)."""

@@ -11,6 +11,20 @@ from llmtop.slo import LimitResult
 
 
 @dataclass(frozen=True)
+class WorkerLine:
+    """One load worker as the UI and the progress line show it (`llmtop.load.book`)."""
+
+    id: int
+    node: str
+    cpu_pct: float | None  # share of one core over the last seconds
+    slip_p99_ms: float | None  # its own send slip (without any --max-concurrency wait)
+    lag_p99_ms: float | None  # how late a 100 ms timer ran on its loop
+    completed: int
+    failed: int
+    lost: bool = False
+
+
+@dataclass(frozen=True)
 class Telemetry:
     """One frame, produced every ~250 ms by the collector side of the parent."""
 
@@ -37,6 +51,8 @@ class Telemetry:
     slo: tuple[LimitResult, ...] = ()  # the SLO judged over the window
     step_index: int = 0
     server: dict[str, Any] | None = None  # latest server-side metrics sample, if any
+    workers: tuple[WorkerLine, ...] = ()  # one line per load worker (docs/scale.md)
+    client_bound: str | None = None  # the guard: why the client, not the server, is the limit
 
 
 @dataclass(frozen=True)
