@@ -3,12 +3,19 @@
 Runs in the parent with aiohttp (nothing here is timed). Each refusal becomes a one-line
 `TargetError`; a 400 on an optional field makes us drop that field, so servers that reject
 unknown fields (trtllm-serve's `extra="forbid"`) get only what they accept.
+
+The target is not trusted: redirects are not followed (they would carry the key to wherever
+the server points), every body is read up to a cap, and an exception is described in words,
+never by its repr (aiohttp's carries the request's headers, `Authorization` included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
+import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -20,12 +27,15 @@ from llmtop.backends.http import error_detail
 from llmtop.backends.openai import api_path, body_fields, parse_url
 from llmtop.config import Dialect, RunConfig, Target
 from llmtop.engines.tokenizer import TextPieces, text_pieces
-from llmtop.errors import TargetError
+from llmtop.errors import TargetError, describe_exception, redact
 
 PROBE_INPUT_TOKENS = 8
 PROBE_OUTPUT_TOKENS = 3
 TEXT_POOL = 32
 REASONING_KEYS = (b'"reasoning_content":"', b'"reasoning":"')  # a non-null reasoning delta
+MAX_JSON_BYTES = 8 << 20  # a model list or a /tokenize answer
+MAX_ERROR_BYTES = 64 << 10  # an error body: its first words are all we show
+MAX_PROBE_BYTES = 1 << 20  # the test request asks for 3 tokens
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "de", "po", "an", "el", "or", "ti")
 
 
@@ -55,6 +65,70 @@ def _detail(body: bytes, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
+def _why(exc: BaseException, timeout_s: float | None = None) -> str:
+    """An aiohttp failure in words: never its repr, which carries the request's headers."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "no answer in time" if timeout_s is None else f"no answer within {timeout_s:g} s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer's body was cut or malformed"
+    if isinstance(exc, aiohttp.ClientResponseError):  # bad status line, oversized header...
+        return f"the answer is not valid HTTP ({redact(str(exc.message))[:160]})"
+    if isinstance(exc, RecursionError):
+        return "the answer's JSON is nested too deeply"
+    return describe_exception(exc)
+
+
+def _redirected(url: str, resp: aiohttp.ClientResponse) -> TargetError:
+    where = redact(resp.headers.get("Location", "elsewhere"))[:200]
+    return TargetError(
+        f"{url} redirected to {where} (HTTP {resp.status}): llmtop does not follow redirects, "
+        "which would carry the key along; give the final address with --url"
+    )
+
+
+async def _body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of a body (a hostile server may send gigabytes)."""
+    data = await resp.content.read(limit + 1)
+    if len(data) > limit:
+        raise TargetError(f"{resp.url.host} answered more than {limit:,} bytes")
+    return data
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
+    return await _body(resp, MAX_ERROR_BYTES)
+
+
+async def _json(resp: aiohttp.ClientResponse, limit: int = MAX_JSON_BYTES) -> Any:
+    return json.loads(await _body(resp, limit))
+
+
+def cleartext_key_warning(target: Target) -> str | None:
+    """A key about to travel in clear text to another machine: say so (once, as a note)."""
+    if not target.api_key:
+        return None
+    endpoint = parse_url(target.url)
+    if endpoint.ssl:
+        return None
+    host = endpoint.host.strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if loopback:
+        return None
+    source = (
+        "OPENAI_API_KEY (from the environment)"
+        if os.environ.get("OPENAI_API_KEY") == target.api_key
+        else "the API key"
+    )
+    return (
+        f"warning: {source} is sent in clear text over plain http to {host}: use https, "
+        "or unset it if this server needs no key"
+    )
+
+
 def _auth_error(url: str, status: int) -> TargetError:
     return TargetError(
         f"{url} refused the request (HTTP {status}): check --api-key / OPENAI_API_KEY and --header"
@@ -67,18 +141,23 @@ async def _get_models(
     """(models served, Server header, why /v1/models did not answer: "" when it did)."""
     url = f"{base}/v1/models"
     try:
-        async with session.get(url, headers=target.auth_headers()) as resp:
+        async with session.get(url, headers=target.auth_headers(), allow_redirects=False) as resp:
             server = resp.headers.get("Server", "")
             if resp.status in (401, 403):
                 raise _auth_error(target.url, resp.status)
+            if 300 <= resp.status < 400:
+                raise _redirected(target.url, resp)
             if resp.status != 200:
-                return [], server, f"HTTP {resp.status}: {_detail(await resp.read())}"
-            data = await resp.json(content_type=None)
+                return [], server, f"HTTP {resp.status}: {_detail(await _error_body(resp))}"
+            data = await _json(resp)
     except aiohttp.ClientConnectorError as exc:
         raise TargetError(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
-    except (aiohttp.ClientError, ValueError, TimeoutError) as exc:
-        raise TargetError(f"{target.url} did not answer /v1/models properly: {exc!r}") from None
-    models = [m.get("id", "") for m in data.get("data", []) if isinstance(m, dict)]
+    except (aiohttp.ClientError, ValueError, TimeoutError, RecursionError) as exc:
+        raise TargetError(f"{target.url} did not answer /v1/models properly: {_why(exc)}") from None
+    cards = data.get("data") if isinstance(data, dict) else None
+    cards = cards if isinstance(cards, list) else []
+    ids = (m.get("id") for m in cards if isinstance(m, dict))
+    models = [m for m in ids if isinstance(m, str)]
     return [m for m in models if m], server, ""
 
 
@@ -107,13 +186,24 @@ async def _probe(
     (status, error detail, usage on every chunk, reasoning deltas seen).
     """
     try:
-        async with session.post(url, json=body, headers=target.auth_headers()) as resp:
+        async with session.post(
+            url, json=body, headers=target.auth_headers(), allow_redirects=False
+        ) as resp:
+            if 300 <= resp.status < 400:
+                raise _redirected(target.url, resp)
             if resp.status != 200:
-                return resp.status, _detail(await resp.read()), False, False
+                return resp.status, _detail(await _error_body(resp)), False, False
             chunks = 0
             with_usage = 0
             reasoning = False
+            seen = 0
             async for line in resp.content:
+                seen += len(line)
+                if seen > MAX_PROBE_BYTES:
+                    raise TargetError(
+                        f"{target.url} streamed more than {MAX_PROBE_BYTES:,} bytes for a "
+                        f"{PROBE_OUTPUT_TOKENS}-token test request"
+                    )
                 line = line.strip()
                 if not line.startswith(b"data:") or line.endswith(b"[DONE]"):
                     continue
@@ -128,8 +218,8 @@ async def _probe(
             return 200, "", chunks > 0 and with_usage == chunks, reasoning
     except aiohttp.ClientConnectorError as exc:
         raise TargetError(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise TargetError(f"{target.url} failed a test request: {exc!r}") from None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise TargetError(f"{target.url} failed a test request: {_why(exc)}") from None
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
@@ -144,11 +234,14 @@ async def _tokenize(
             f"{base}/tokenize",
             json={"model": target.model, "prompt": text, "add_special_tokens": False},
             headers=target.auth_headers(),
+            allow_redirects=False,
         ) as resp:
             if resp.status != 200:
                 return None
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, ValueError):
+            data = await _json(resp)
+    except (aiohttp.ClientError, ValueError, TargetError, RecursionError, TimeoutError):
+        return None
+    if not isinstance(data, dict):
         return None
     count = data.get("count")
     if isinstance(count, int):
@@ -229,7 +322,9 @@ async def run_preflight(config: RunConfig, timeout_s: float = 30.0) -> Preflight
             model = models[0]
         elif models and model not in models:
             raise TargetError(
-                f"model {model!r} is not served by {target.url}; it serves: {', '.join(models)}"
+                f"model {model!r} is not served by {target.url}; it serves: "
+                + ", ".join(models[:10])
+                + (f" and {len(models) - 10} more" if len(models) > 10 else "")
             )
         target = dataclasses.replace(target, model=model)
         config = dataclasses.replace(config, target=target)
@@ -302,11 +397,7 @@ def wants_text(config: RunConfig, dialect: Dialect) -> bool:
     """Synthetic text prompts are needed: chat, text format, or conversation turns."""
     if config.dataset or config.trace or config.conversations:
         return False
-    return (
-        config.target.api == "chat"
-        or not dialect.token_id_prompts
-        or config.workload.turns != 1
-    )
+    return config.target.api == "chat" or not dialect.token_id_prompts or config.workload.turns != 1
 
 
 async def _triton(session: aiohttp.ClientSession, base: str, config: RunConfig) -> Preflight:
@@ -325,4 +416,6 @@ async def _triton(session: aiohttp.ClientSession, base: str, config: RunConfig) 
 
 
 def preflight(config: RunConfig) -> Preflight:
-    return asyncio.run(run_preflight(config))
+    pre = asyncio.run(run_preflight(config))
+    warning = cleartext_key_warning(config.target)
+    return dataclasses.replace(pre, notes=(warning, *pre.notes)) if warning else pre

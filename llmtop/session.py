@@ -4,17 +4,25 @@ Every command drives a `LoadSession` through `drive()`, the one pump loop: `pump
 whatever the load process shipped, feeds the collector, and returns a telemetry frame when an
 interval closes; `drive()` adds the stop protocol (ask once, wait a grace period, give up on a
 second interrupt) and always closes the session with a final frame.
+
+A run that does not end normally says how in `failure_record()` (the `"failure"` field of
+every JSON and snapshot): the load failed, the load process died (exit code or signal), an
+interrupt (SIGINT, SIGTERM, SIGHUP) stopped it, or the load process never confirmed a stop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from llmtop.config import RunConfig
+from llmtop.errors import ConfigError, redact
 from llmtop.load import channel as ch
 from llmtop.load.process import yield_to_load_process
 from llmtop.load.workers import WorkerLost, make_group
@@ -28,6 +36,47 @@ from llmtop.slo import Slo
 
 STOP_GRACE_S = 5.0  # how long the load process gets to stop before we keep what we have
 PUMP_S = 0.05  # the longest a caller waits between two looks at its own state
+FD_RESERVE = 64  # descriptors the processes need besides one per connection
+
+
+def fds_needed(config: RunConfig) -> int | None:
+    """Connections the plan can hold open at once (None: not known before it runs)."""
+    plan = config.plan
+    if plan.closed_loop:
+        return plan.concurrency
+    if plan.max_concurrency:
+        return plan.max_concurrency
+    if plan.num_requests is not None and plan.request_rate == float("inf"):
+        return plan.num_requests  # all at once
+    return None
+
+
+def ensure_fd_limit(config: RunConfig) -> str | None:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; a one-line error if still short.
+
+    Every request in flight holds a socket in the load process; past the limit, connects
+    fail with EMFILE and look like server errors. Returns a note when the limit was raised.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    want = fds_needed(config)
+    note = None
+    if soft != hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            note = f"open-file limit raised from {soft} to {target}"
+            soft = target
+        except (OSError, ValueError):
+            pass
+    if want is not None and want + FD_RESERVE > soft:
+        raise ConfigError(
+            f"{want} requests in flight need {want + FD_RESERVE} open files, but the limit is "
+            f"{soft} (ulimit -n): raise it, or lower --concurrency / --max-concurrency"
+        )
+    return note
 
 
 class LoadSession:
@@ -59,10 +108,14 @@ class LoadSession:
         self.status: ch.StatusReported | None = None
         self.stopped: ch.LoadStopped | None = None
         self.failure: str | None = None
+        self.death: dict[str, Any] | None = None  # how the load process died, if it did
+        self.interrupted_by: str | None = None  # the signal that stopped the run (drive())
+        self.stop_unconfirmed = False  # drive() gave up waiting for the stop to be confirmed
         self.start_ns = 0
         self._next_tick_ns = 0
 
     def start(self) -> None:
+        ensure_fd_limit(self.config)
         self.start_ns = time.perf_counter_ns()
         self._next_tick_ns = self.start_ns + round(self.interval_s * 1e9)
         self.process.start()
@@ -95,7 +148,7 @@ class LoadSession:
         elif hasattr(msg, "merge_into"):  # interval histograms from remote workers (Ray)
             msg.merge_into(self.collector)
         elif isinstance(msg, ch.LoadFailed):
-            self.failure = self.failure or msg.message
+            self.failure = self.failure or redact(msg.message)
 
     def pump(self, timeout_s: float = 0.05) -> Telemetry | None:
         """Read what arrived (waiting at most `timeout_s`); a frame when an interval closed."""
@@ -103,7 +156,8 @@ class LoadSession:
             self._dispatch(msg)
         chan = self.process.channel
         if not self.finished and chan is not None and chan.closed and not self.process.alive:
-            self.failure = "the load process ended unexpectedly"
+            self.death = self.process.death()
+            self.failure = self.death["message"]
         now = time.perf_counter_ns()
         if now >= self._next_tick_ns or self.finished:
             self._next_tick_ns = now + round(self.interval_s * 1e9)
@@ -185,8 +239,28 @@ class LoadSession:
     def close(self) -> None:
         self.process.join(5.0)
 
+    def failure_record(self) -> dict[str, Any] | None:
+        """How the run ended when it did not end normally (None when it did)."""
+        if self.death is not None:
+            return {"kind": "load_process_died", **self.death}
+        if self.failure is not None:
+            return {"kind": "load_failed", "message": self.failure.splitlines()[0]}
+        if self.interrupted_by is not None:
+            return {
+                "kind": "interrupted",
+                "signal": self.interrupted_by,
+                "message": f"stopped by {self.interrupted_by}; requests in flight were cancelled",
+            }
+        if self.stop_unconfirmed:
+            return {
+                "kind": "stop_unconfirmed",
+                "message": "the load process did not confirm the stop; its last records may miss",
+            }
+        return None
+
     def summary(self) -> dict[str, Any]:
         out = run_summary(self.collector, self.slo)
+        out["failure"] = self.failure_record()
         out["load_cpu_s"] = self.status.load_cpu_s if self.status else 0.0
         out["precise_pacer"] = self.status.precise_pacer if self.status else False
         out.update(self.process.describe())  # "workers": per-worker figures, "ray"
@@ -203,25 +277,39 @@ class LoadSession:
 
 
 class Interrupts:
-    """Counts SIGINT/SIGTERM instead of raising, so results are never lost mid-write."""
+    """THE signal counter: SIGINT, SIGTERM and SIGHUP (a lost SSH session) all mean "stop".
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    Counting (the default) records them instead of raising, so a load stops cleanly and its
+    results are never lost mid-write. `raising=True` turns each into KeyboardInterrupt, for
+    stretches with no load to stop gracefully (an engine's health wait, between sweep
+    points), so every `finally` on the way out runs. Installed only from the main thread.
+    """
 
-    def __init__(self) -> None:
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, raising: bool = False) -> None:
         self.count = 0
+        self.last: str | None = None  # name of the last signal received
+        self.raising = raising
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:
-        for sig in self.SIGNALS:
-            self._old[sig] = signal.signal(sig, self._on_signal)
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.count += 1
+        with contextlib.suppress(ValueError):
+            self.last = signal.Signals(signum).name
+        if self.raising:
+            raise KeyboardInterrupt(self.last)
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
 
 
 @dataclass(frozen=True)
@@ -259,6 +347,7 @@ def drive(
                 by_caller = True
             if interrupts is not None and interrupts.count:
                 interrupted = True
+                session.interrupted_by = interrupts.last or "an interrupt"
             if (by_caller or interrupted) and stop_sent_at is None:
                 session.stop(cancel_in_flight=True)
                 stop_sent_at = time.monotonic()
@@ -266,6 +355,7 @@ def drive(
                 (interrupts is not None and interrupts.count > 1)
                 or time.monotonic() - stop_sent_at > grace_s
             ):
+                session.stop_unconfirmed = not session.finished
                 break  # asked twice, or the child does not answer: keep what we have
         session.drain_shipped()
     except BaseException:

@@ -13,7 +13,8 @@ import click
 
 from llmtop import __version__
 from llmtop.cli.ui import DefaultCommandGroup, ui_command
-from llmtop.errors import LlmtopError
+from llmtop.errors import LlmtopError, register_secrets_from_argv
+from llmtop.output.terminal import guard_terminal
 
 
 @click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,7 +53,13 @@ _register()
 
 
 def main() -> None:
-    """Entry point: one-line errors, never a traceback, for anything the user can fix."""
+    """Entry point: one-line errors, never a traceback, for anything the user can fix.
+
+    Every secret on the command line and in the environment is registered, and the terminal
+    guarded, before anything is parsed or printed (llmtop.errors.redact).
+    """
+    register_secrets_from_argv(sys.argv[1:])
+    guard_terminal()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -27,6 +27,7 @@ from llmtop.output.console import (
 )
 from llmtop.output.exports import RequestLog
 from llmtop.output.snapshot import build_snapshot, save_snapshot
+from llmtop.output.writable import check_outputs, write_each
 from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.slo import Slo
 
@@ -37,6 +38,7 @@ class HeadlessResult:
     interrupted: bool
     failure: str | None = None
     notes: list[str] = field(default_factory=list)
+    output_errors: list[str] = field(default_factory=list)  # outputs that could not be written
 
 
 def run_headless(
@@ -80,12 +82,21 @@ def run_headless(
     summary["bottleneck"] = client_bottleneck(summary)
     result = HeadlessResult(summary, ended.interrupted, session.failure)
     human = sys.stderr if json_path == "-" else sys.stdout  # `--json -`: stdout is the JSON
-    if json_path:
-        write_json_output(json_path, summary)
-    if save_path:
-        save_snapshot(save_path, build_snapshot(session, extra))
+    # Each output on its own: one that fails costs neither the others nor the table.
+    failed = write_each(
+        [
+            ("--json", json_path, lambda: write_json_output(json_path, summary)),
+            ("--save", save_path, lambda: save_snapshot(save_path, build_snapshot(session, extra))),
+        ]
+    )
+    result.output_errors = list(failed.values())
+    if log is not None and log.error:
+        result.output_errors.append(
+            f"cannot write --save-requests {requests_path}: {log.error} (after {log.count} "
+            "requests); the other outputs were written"
+        )
     print_summary(summary, human)
-    if save_path:
+    if save_path and "--save" not in failed:
         human.write(f"snapshot    {save_path}\n")
     return result
 
@@ -125,6 +136,8 @@ def run_command(**o: Any) -> None:
     opts = RunOptions.from_params(o)
     slo = parse_slo(o.get("slo"))
     progress = o["progress"] if o["progress"] is not None else sys.stderr.isatty()
+    outputs = {"--json": o["json_path"], "--save": o["save_path"]}
+    check_outputs({**outputs, "--save-requests": o["requests_path"]})  # before any load
     with prepared(opts) as prep:
         poller = prep.start_poller(lambda m: click.echo(f"llmtop: warning: {m}", err=True))
         try:
@@ -141,8 +154,9 @@ def run_command(**o: Any) -> None:
             )
         finally:
             poller.stop()
-    if result.failure:
-        raise LlmtopError(result.failure.splitlines()[0])
+    if result.failure or result.output_errors:
+        first = [result.failure.splitlines()[0]] if result.failure else []
+        raise LlmtopError("; ".join(first + result.output_errors))
     if result.interrupted:
         json_to = "on stdout" if o["json_path"] == "-" else f"in {o['json_path']}"
         where = f" and {json_to}" if o["json_path"] else ""

@@ -26,7 +26,7 @@ from llmtop.cli.options import (
     target_options,
     workload_options,
 )
-from llmtop.errors import ConfigError, LlmtopError
+from llmtop.errors import ConfigError, LlmtopError, redact
 
 UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
 UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
@@ -140,7 +140,7 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
         )
     with prepared(opts) as prep:
         poller = prep.new_poller()
-        extra = prep.extra
+        extra = redact(prep.extra)  # the UI draws through Textual, past the terminal guard
         info = RunInfo.from_extra(
             extra,
             prep.config.plan,
@@ -161,13 +161,18 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
         except OSError as exc:
             raise LlmtopError(f"cannot start the load process: {exc}") from None
         app = create_app(info, driver, exit_after=o.get("exit_after"))
-        old_term = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, lambda *_: app.call_later(app.action_quit))
+        # SIGTERM and SIGHUP (the terminal went away) quit like `q`: the load stops, the
+        # snapshot is saved.
+        quit_on = (signal.SIGTERM, signal.SIGHUP)
+        old = {sig: signal.getsignal(sig) for sig in quit_on}
+        for sig in quit_on:
+            signal.signal(sig, lambda *_: app.call_later(app.action_quit))
         poller.start()
         try:
             app.run()
         finally:
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
             if not driver.done.is_set():  # the app ended without waiting: stop the load now
                 driver.send(Stop())
                 driver.done.wait(WORKER_GRACE_S)

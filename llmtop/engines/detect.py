@@ -1,7 +1,9 @@
 """Which engine is serving, and where its metrics live: read from what the server itself serves.
 
-Runs once in the parent before the load starts (plain urllib: nothing here is timed). Every
-probe is a cheap GET; a probe that fails simply tells us nothing. The facts each engine gives
+Runs once in the parent before the load starts (nothing here is timed). Every probe is a
+cheap GET through `llmtop.engines.http` (no redirects, no proxy, a body cap); a probe that
+fails simply tells us nothing. What the server says about itself (versions, headers) is
+redacted before it is kept: it ends up on screens and in files. The facts each engine gives
 away, read in its own source:
 
 - vLLM (``vllm/entrypoints/openai/api_server.py``): ``GET /version`` → ``{"version": ...}``;
@@ -23,13 +25,13 @@ away, read in its own source:
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from llmtop.engines.http import Reply, fetch
+from llmtop.errors import redact
 
 VLLM = "vllm"
 TRTLLM = "trtllm-serve"
@@ -90,17 +92,17 @@ class EngineInfo:
         }
 
 
-@dataclass
-class _Reply:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
+_Reply = Reply
+MAX_DETECT_BYTES = 1 << 20  # a model list or a version answer; more is not an engine's
+MAX_TEXT = 200  # the longest server-given string kept (a version, a header)
 
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
+
+def _text(value: Any) -> str | None:
+    """A server-given string as it may be shown: redacted, one line, bounded."""
+    if not isinstance(value, str):
+        return None
+    line = redact(value).replace("\n", " ").strip()
+    return line[:MAX_TEXT]
 
 
 def base_of(url: str) -> str:
@@ -121,22 +123,9 @@ def with_port(base: str, port: int) -> str:
     return urlunsplit((parts.scheme, f"{host}:{port}", "", "", ""))
 
 
-def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> _Reply | None:
-    """One GET; None when nothing answered. An HTTP error status is still a reply."""
-    req = urllib.request.Request(url, headers={"User-Agent": "llmtop", **headers})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
-            return _Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
-    except urllib.error.HTTPError as exc:
-        body = b""
-        try:
-            body = exc.read()
-        except OSError:
-            pass
-        hdrs = {k.lower(): v for k, v in (exc.headers or {}).items()}
-        return _Reply(exc.code, hdrs, body)
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
+def http_get(url: str, headers: Mapping[str, str], timeout_s: float) -> Reply | None:
+    """One bounded GET (llmtop.engines.http); None when nothing usable answered."""
+    return fetch(url, headers, timeout_s=timeout_s, max_bytes=MAX_DETECT_BYTES)
 
 
 def _version_of(reply: _Reply | None) -> str | None:
@@ -144,7 +133,7 @@ def _version_of(reply: _Reply | None) -> str | None:
         return None
     data = reply.json()
     if isinstance(data, dict) and isinstance(data.get("version"), str):
-        return data["version"]
+        return _text(data["version"])
     return None
 
 
@@ -156,7 +145,7 @@ def _owners(reply: _Reply | None) -> list[str]:
     if not isinstance(cards, list):
         return []
     owners = (c.get("owned_by") for c in cards if isinstance(c, dict))
-    return [o for o in owners if isinstance(o, str)]
+    return [o[:MAX_TEXT] for o in owners if isinstance(o, str)][:64]
 
 
 def detect_engine(
@@ -177,7 +166,8 @@ def detect_engine(
         return http_get(base + path, hdrs, timeout_s)
 
     version_reply = get("/version")
-    server = (version_reply.headers.get("server", "") if version_reply else "").lower()
+    server = (_text(version_reply.headers.get("server", "")) if version_reply else "") or ""
+    server = server.lower()
 
     # 1. The simulator says so itself.
     vdata = version_reply.json() if version_reply and version_reply.status == 200 else None
@@ -185,7 +175,7 @@ def detect_engine(
     if isinstance(vdata, dict) and (vdata.get("simulated") is True or vdata.get("engine") == SIM):
         is_sim = True
     if is_sim:
-        flavour = vdata.get("flavour") if isinstance(vdata, dict) else None
+        flavour = _text(vdata.get("flavour")) if isinstance(vdata, dict) else None
         kind = TRTLLM_JSON if flavour == "trtllm" else PROMETHEUS
         details: dict[str, Any] = {"simulated": True, "flavour": flavour}
         if isinstance(vdata, dict) and isinstance(vdata.get("settings"), dict):
@@ -195,7 +185,7 @@ def detect_engine(
     models_reply = get("/v1/models")
     owners = _owners(models_reply)
     if not server and models_reply is not None:
-        server = models_reply.headers.get("server", "").lower()
+        server = (_text(models_reply.headers.get("server", "")) or "").lower()
 
     # 2. llama.cpp stamps every answer with its Server header.
     if server.startswith("llama.cpp") or "llamacpp" in owners:
@@ -204,9 +194,10 @@ def detect_engine(
         build = pdata.get("build_info") if isinstance(pdata, dict) else None
         details = {"server_header": server or None}
         if isinstance(pdata, dict):
-            details["model_path"] = pdata.get("model_path")
-            details["total_slots"] = pdata.get("total_slots")
-        version = build if isinstance(build, str) else None
+            details["model_path"] = _text(pdata.get("model_path"))
+            slots = pdata.get("total_slots")
+            details["total_slots"] = slots if isinstance(slots, int) else None
+        version = _text(build)
         return EngineInfo(LLAMACPP, version, base + "/metrics", PROMETHEUS, details)
 
     # 3. The OpenAI servers name themselves in their model cards.
@@ -227,14 +218,15 @@ def detect_engine(
         v2data.get("name") == "triton" or ("extensions" in v2data and "version" in v2data)
     ):
         metrics = with_port(base, triton_metrics_port) + "/metrics"
-        details = {"extensions": v2data.get("extensions", [])}
-        return EngineInfo(TRITON, v2data.get("version"), metrics, PROMETHEUS, details)
+        ext = v2data.get("extensions")
+        details = {"extensions": [_text(e) for e in ext[:64]] if isinstance(ext, list) else []}
+        return EngineInfo(TRITON, _text(v2data.get("version")), metrics, PROMETHEUS, details)
 
     # 5. SGLang without /v1/models (native API only).
     info = get("/get_server_info")
     idata = info.json() if info and info.status == 200 else None
     if isinstance(idata, dict) and "version" in idata and "model_path" in idata:
-        return EngineInfo(SGLANG, str(idata["version"]), base + "/metrics", PROMETHEUS, {})
+        return EngineInfo(SGLANG, _text(str(idata["version"])), base + "/metrics", PROMETHEUS, {})
 
     details = {"server_header": server or None, "owned_by": owners}
     return EngineInfo(UNKNOWN, _version_of(version_reply), base + "/metrics", PROMETHEUS, details)

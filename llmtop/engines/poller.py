@@ -13,11 +13,17 @@ A value the engine does not expose is None. Prometheus text is parsed with
 prometheus_client's parser; trtllm-serve's JSON iteration stats (emptied on each read) are
 summed over the interval. A missing or unreadable endpoint gives one warning
 (`poller.problem`) and the poller stops; the load goes on without server metrics.
+
+Each scrape goes through `llmtop.engines.http` (no redirects, no proxy, at most
+`max_bytes` read): an endpoint that answers too much is a failed read, not a stall. A scrape
+that takes long (a huge page, a slow server) stretches the interval instead of keeping a
+core busy, and nothing a server answers can raise out of the poller.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -33,8 +39,9 @@ from llmtop.engines.detect import (
     TRTLLM,
     TRTLLM_JSON,
     EngineInfo,
-    http_get,
 )
+from llmtop.engines.http import SideRequestError, request
+from llmtop.errors import describe_exception, redact
 
 FIELDS = (
     "running",
@@ -48,6 +55,8 @@ FIELDS = (
 MAX_SAMPLES = 24 * 3600  # a day at 1 Hz
 FAILURES_BEFORE_GIVING_UP = 5
 EMPTY_JSON_READS_WARNING = 30
+MAX_METRICS_BYTES = 8 << 20  # vLLM's page is ~50-200 kB; a page past this is not read
+MAX_INTERVAL_S = 30.0  # the longest a slow endpoint stretches the scrape interval to
 
 # Source names per common field, first match wins (older vLLM spelled them gpu_*).
 _GAUGES: dict[str, tuple[str, ...]] = {
@@ -210,8 +219,8 @@ def parse_trtllm_stats(body: bytes) -> list[dict[str, Any]]:
     """trtllm-serve's /metrics answer: a JSON list of per-iteration stats dicts."""
     try:
         data = json.loads(body)
-    except ValueError as exc:
-        raise MetricsError(f"not JSON iteration stats ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise MetricsError(f"not JSON iteration stats ({type(exc).__name__})") from None
     if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
         raise MetricsError("not a JSON list of iteration stats")
     return data
@@ -238,21 +247,21 @@ def trtllm_sample(
     lat: list[float] = []
     completed = 0
     for it in stats:
-        ifb = it.get("inflightBatchingStats") or {}
-        per_iter = float(ifb.get("avgNumDecodedTokensPerIter", 1.0) or 1.0)
-        gen += float(ifb.get("numGenRequests", 0)) * per_iter
-        ctx += float(ifb.get("numCtxTokens", 0))
-        if isinstance(it.get("iterLatencyMS"), int | float):
-            lat.append(float(it["iterLatencyMS"]))
-        completed += int(it.get("numCompletedRequests", 0) or 0)
-    sample["running"] = last.get("numActiveRequests")
-    sample["waiting"] = last.get("numQueuedRequests")
-    kv = last.get("kvCacheStats") or {}
-    used, cap = kv.get("usedNumBlocks"), kv.get("maxNumBlocks")
-    if isinstance(used, int | float) and isinstance(cap, int | float) and cap > 0:
+        ifb = _table(it.get("inflightBatchingStats"))
+        per_iter = _number(ifb.get("avgNumDecodedTokensPerIter")) or 1.0
+        gen += (_number(ifb.get("numGenRequests")) or 0.0) * per_iter
+        ctx += _number(ifb.get("numCtxTokens")) or 0.0
+        latency = _number(it.get("iterLatencyMS"))
+        if latency is not None:
+            lat.append(latency)
+        completed += int(_number(it.get("numCompletedRequests")) or 0)
+    sample["running"] = _number(last.get("numActiveRequests"))
+    sample["waiting"] = _number(last.get("numQueuedRequests"))
+    kv = _table(last.get("kvCacheStats"))
+    used, cap = _number(kv.get("usedNumBlocks")), _number(kv.get("maxNumBlocks"))
+    if used is not None and cap:
         sample["kv_cache_usage"] = used / cap
-    hit = kv.get("cacheHitRate")
-    sample["prefix_cache_hit_rate"] = float(hit) if isinstance(hit, int | float) else None
+    sample["prefix_cache_hit_rate"] = _number(kv.get("cacheHitRate"))
     if dt:
         sample["generation_tps"] = gen / dt
         sample["prompt_tps"] = ctx / dt
@@ -261,10 +270,25 @@ def trtllm_sample(
         "iter_latency_ms_mean": sum(lat) / len(lat) if lat else None,
         "iter_latency_ms_max": max(lat) if lat else None,
         "completed_requests": completed,
-        "paused_requests": (last.get("inflightBatchingStats") or {}).get("numPausedRequests"),
-        "last_iter": last.get("iter"),
+        "paused_requests": _number(
+            _table(last.get("inflightBatchingStats")).get("numPausedRequests")
+        ),
+        "last_iter": _number(last.get("iter")),
     }
     return sample
+
+
+def _number(value: Any) -> float | None:
+    """A finite JSON number of sane size, else None (a string, a list, null, a bool, 1e400)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or abs(value) >= 1e15:
+        return None
+    return value
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 # -- the poller ------------------------------------------------------------------------------
@@ -287,6 +311,7 @@ class MetricsPoller:
         engine: str | None = None,
         interval_s: float = 1.0,
         timeout_s: float = 2.0,
+        max_bytes: int = MAX_METRICS_BYTES,
         on_problem: Callable[[str], None] | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
@@ -295,7 +320,9 @@ class MetricsPoller:
         self.engine = engine
         self.headers = dict(headers or {})
         self.interval_s = interval_s
+        self._interval_s = interval_s  # stretched while scrapes are slow
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
         self.on_problem = on_problem
         self.clock = clock
         self.problem: str | None = None
@@ -339,11 +366,15 @@ class MetricsPoller:
 
         The last 1 Hz scrape can come up to a second before the last request ends; one more
         read after the load makes the server's counters cover the whole run (a snapshot's
-        server-side token total can then be checked against the client's).
+        server-side token total can then be checked against the client's). Never raises:
+        a bad last answer must not cost the run's results.
         """
-        self.stop()
-        if self._thread is None or not self._thread.is_alive():
-            self.poll_once()
+        try:
+            self.stop()
+            if self._thread is None or not self._thread.is_alive():
+                self.poll_once()
+        except Exception as exc:  # poll_once catches what it knows; this is the last net
+            self._warn(f"the last server metrics read failed: {describe_exception(exc)}")
         return self.samples()
 
     def latest(self) -> dict[str, Any] | None:
@@ -369,11 +400,18 @@ class MetricsPoller:
         if self.given_up or self.url is None:
             return None
         t0 = self.clock()
-        reply = http_get(self.url, self.headers, self.timeout_s)
+        started = time.monotonic()
+        unreachable = ""
+        try:
+            reply = request(
+                self.url, self.headers, timeout_s=self.timeout_s, max_bytes=self.max_bytes
+            )
+        except SideRequestError as exc:
+            reply, unreachable = None, exc.why
         t_ns = (t0 + self.clock()) // 2  # the server read its gauges about half-way
         try:
             if reply is None:
-                raise MetricsError(f"cannot reach {self.url}")
+                raise MetricsError(f"cannot reach {redact(self.url)}: {unreachable}")
             if reply.status != 200:
                 hint = _HINTS.get(self.engine or "", "")
                 raise MetricsError(
@@ -389,6 +427,11 @@ class MetricsPoller:
         except MetricsError as exc:
             self._failed(str(exc))
             return None
+        except Exception as exc:  # types a server should not send: a failed read, not a crash
+            self._failed(f"unreadable answer from {redact(self.url)}: {describe_exception(exc)}")
+            return None
+        finally:
+            self._pace(time.monotonic() - started)
         self._prev_t = t_ns
         self._ok += 1
         self._failures = 0
@@ -407,6 +450,11 @@ class MetricsPoller:
                 self._warn(f"{self.url} has returned no iteration stats yet; {_HINTS[TRTLLM]}")
         return trtllm_sample(stats, t_ns, self._prev_t, self._json_seen)
 
+    def _pace(self, took_s: float) -> None:
+        """A scrape that takes more than half the interval stretches it (to twice its cost):
+        the poller thread never keeps a core busy more than half the time."""
+        self._interval_s = min(max(self.interval_s, 2 * took_s), MAX_INTERVAL_S)
+
     def _failed(self, why: str) -> None:
         self.errors += 1
         self._failures += 1
@@ -422,7 +470,7 @@ class MetricsPoller:
 
     def _warn(self, message: str) -> None:
         if self.problem is None:
-            self.problem = message
+            self.problem = message = redact(message)
             if self.on_problem is not None:
                 try:
                     self.on_problem(message)
@@ -433,7 +481,7 @@ class MetricsPoller:
         next_t = time.monotonic()
         while not self._stop.is_set():
             self.poll_once()
-            next_t += self.interval_s
+            next_t += self._interval_s
             delay = next_t - time.monotonic()
             if delay < 0:  # fell behind (a slow server): do not burst to catch up
                 next_t = time.monotonic()

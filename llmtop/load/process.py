@@ -3,21 +3,54 @@
 Rendering a terminal UI holds the GIL for milliseconds at a time; any token timestamp taken
 in that window would be late. So the loop that sends and timestamps lives in its own OS
 process (spawned, so it inherits no threads or UI state), on uvloop when installed.
+
+The load process answers to its parent only. Terminal and group signals (Ctrl-C, a SIGTERM
+to the process group from `timeout`, systemd or a CI runner, SIGHUP from a lost SSH
+session) are ignored from the moment it exists (blocked across the spawn, then ignored), so
+the parent can stop it cleanly and keep what was in flight. It dies with its parent: a
+parent-death signal on Linux (SIGKILL once the parent is gone), and everywhere the end of
+the channel, which the kernel closes however the parent ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
 import signal
 import socket
+import sys
+import threading
 import traceback
 from typing import Any
 
 from llmtop.config import RunConfig
 from llmtop.load import channel as ch
+
+# Signals meant for the group (terminal, `timeout`, systemd, CI runners), not for us.
+GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Ask the kernel for SIGKILL when the parent goes (Linux); exit now if it already went.
+
+    Returns whether the kernel took the request. The request is tied to the parent *thread*
+    that spawned us: `LoadProcess.start()` is called from the thread that owns the session.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the request was in place
+        os._exit(1)
+    return armed
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -33,6 +66,7 @@ async def _amain(sock: socket.socket, config: RunConfig, hook: Any = None) -> No
 
     loop = asyncio.get_running_loop()
     driver: LoadDriver | None = None
+    lost = False
 
     def on_message(msg: Any) -> None:
         if hook is not None and hook.on_control(msg):
@@ -41,12 +75,18 @@ async def _amain(sock: socket.socket, config: RunConfig, hook: Any = None) -> No
             driver.on_control(msg)
 
     def on_lost() -> None:  # the parent is gone: nobody will read our results; stop now
+        nonlocal lost
+        lost = True
         if driver is not None:
             driver.request_stop("parent went away", cancel_in_flight=True)
 
     transport, chan = await loop.create_unix_connection(
         lambda: ch.ChildChannel(on_message, on_lost), sock=sock
     )
+    await asyncio.sleep(0)  # a channel already closed is seen before any request is sent
+    if lost:
+        transport.close()
+        return
     try:
         driver = LoadDriver(config, loop, chan.send)
         if hook is not None:
@@ -81,7 +121,11 @@ def child_main(
     sock: socket.socket, config: RunConfig, parent_pid: int | None = None, hook: Any = None
 ) -> None:
     """Entry point of the load process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    for sig in GROUP_SIGNALS:  # the parent decides when we stop
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)  # blocked across the spawn
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -135,15 +179,27 @@ class LoadProcess:
         self.channel: ch.ParentChannel | None = None
 
     def start(self) -> None:
+        """Spawn the child with the group signals blocked, so none reaches it while it boots.
+
+        The mask is inherited across fork and exec; the child ignores those signals and then
+        unblocks them. Here they stay pending for the few milliseconds of the spawn, and are
+        delivered (not lost) when the mask is restored.
+        """
         ctx = multiprocessing.get_context("spawn")
         parent_sock, child_sock = socket.socketpair()
         self.proc = ctx.Process(
             target=child_main,
-            args=(child_sock, self.config, None, self.hook),
+            args=(child_sock, self.config, os.getpid(), self.hook),
             name="llmtop-load",
             daemon=True,
         )
-        self.proc.start()
+        blocked = threading.current_thread() is threading.main_thread()
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS) if blocked else None
+        try:
+            self.proc.start()
+        finally:
+            if old is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
         child_sock.close()
         self.channel = ch.ParentChannel(parent_sock)
 
@@ -162,6 +218,27 @@ class LoadProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.is_alive()
 
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.exitcode if self.proc is not None else None
+
+    def death(self) -> dict[str, Any]:
+        """How the child ended, for the one-line error and the `"failure"` field."""
+        code = self.exitcode
+        if code is None:
+            return {"message": "the load process ended unexpectedly", "exit_code": None}
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return {
+                "message": f"the load process was killed by {name}",
+                "exit_code": code,
+                "signal": name,
+            }
+        return {"message": f"the load process exited with code {code}", "exit_code": code}
+
     def set_rate(self, rate: float) -> None:
         self.send(ch.RateSet(rate))
 
@@ -169,15 +246,13 @@ class LoadProcess:
         self.send(ch.StopRequested(cancel_in_flight))
 
     def join(self, timeout_s: float = 5.0) -> None:
-        """Wait for the child to end; kill it if it will not."""
+        """Wait for the child to end; kill it if it will not (it ignores SIGTERM by design)."""
         if self.proc is None:
             return
         self.proc.join(timeout_s)
         if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(2.0)
-            if self.proc.is_alive():
+            with contextlib.suppress(OSError):
                 self.proc.kill()
-                self.proc.join()
+            self.proc.join(5.0)
         if self.channel is not None:
             self.channel.close()

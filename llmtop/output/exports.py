@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from hdrh.log import HistogramLogWriter
 
-from llmtop.errors import LlmtopError
+from llmtop.errors import LlmtopError, redact
 from llmtop.metrics.catalog import GAUGE_METRICS, INTERVAL_METRICS
 from llmtop.metrics.records import RequestRecord
 from llmtop.output.jsonfile import clean
@@ -155,13 +155,15 @@ class RequestLog:
 
     Times are milliseconds from `start_ns` (the session's start); latencies follow the
     definitions in DESIGN.md. The session calls `on_record(rec, step)` for each record it
-    hands the collector, and `close()` at the end.
+    hands the collector, and `close()` at the end. A write that fails mid-run (a full disk)
+    stops the log, never the run: `error` says why and `count` how many rows made it.
     """
 
     def __init__(self, path: str | Path, start_ns: int = 0) -> None:
         self.path = Path(path)
         self.start_ns = start_ns
         self.count = 0
+        self.error: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f: TextIO | None = self.path.open("w", encoding="utf-8", buffering=1 << 16)
@@ -173,13 +175,31 @@ class RequestLog:
     def on_record(self, rec: RequestRecord, step: int | None = None) -> None:
         if self._f is None:
             return
-        self._f.write(json.dumps(request_row(rec, self.start_ns, step), separators=(",", ":")))
-        self._f.write("\n")
+        row = request_row(rec, self.start_ns, step)
+        if row["detail"]:
+            row["detail"] = redact(row["detail"])
+        try:
+            self._f.write(json.dumps(row, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            self._fail(exc)
+            return
         self.count += 1
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc.strerror or str(exc)
+        f, self._f = self._f, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as exc:
+                self._fail(exc)
             self._f = None
 
     def __enter__(self) -> RequestLog:

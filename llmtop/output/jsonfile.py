@@ -2,7 +2,8 @@
 
 Every JSON llmtop writes (`--json`, snapshots, `compare --json`, comparison tables) goes
 through here, so a crash or a full disk never leaves half a file, and they all share one
-permission rule (the umask's, like any file a program creates).
+permission rule (the umask's, like any file a program creates). The cleaner redacts
+(`llmtop.errors.redact`): no secret and no terminal control reaches a JSON file.
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from llmtop.errors import redact
+
 
 def clean(obj: Any) -> Any:
-    """NaN → null, ±inf → "inf" / "-inf", tuples → lists, keys → str."""
+    """NaN → null, ±inf → "inf" / "-inf", tuples → lists, keys → str; redacted."""
+    return _clean(redact(obj))
+
+
+def _clean(obj: Any) -> Any:
     if isinstance(obj, float):
         if math.isnan(obj):
             return None
         return ("inf" if obj > 0 else "-inf") if math.isinf(obj) else obj
     if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
+        return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
+        return [_clean(v) for v in obj]
     return obj
 
 
@@ -33,8 +40,17 @@ def dumps(data: Any, indent: int | None = 2) -> str:
 
 
 def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Temporary file beside `path`, fsync, rename: never a half-written file (or OSError)."""
+    """Temporary file beside `path`, fsync, rename: never a half-written file (or OSError).
+
+    A path that is not a regular file (`/dev/stdout`, a FIFO, a device) is written in
+    place: renaming over it would replace the device node itself.
+    """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(clean(data), f, indent=indent)
+            f.write("\n")
+        return path
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
