@@ -37,6 +37,8 @@ class Exchange:
         "intended_ns",
         "last_read_ns",
         "measured",
+        "request",
+        "retried",
         "send_ns",
         "slot_ns",
         "status",
@@ -55,6 +57,8 @@ class Exchange:
         self.stream = StreamState()
         self.error_body = b""
         self.conn: StreamConnection | None = None
+        self.request = b""
+        self.retried = False
 
     def record(self, error: str | None = None, detail: str = "") -> records.RequestRecord:
         s = self.stream
@@ -92,6 +96,7 @@ class StreamConnection(asyncio.Protocol):
         self.t_ns = 0
         self.keep_alive = True
         self.closed = False
+        self.served = 0  # exchanges finished on this connection: > 0 means it sat idle
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -129,6 +134,12 @@ class StreamConnection(asyncio.Protocol):
         ex = self.ex
         if ex is not None:
             self.ex = None
+            if not ex.last_read_ns and self.served and not ex.retried:
+                # A reused connection the server closed before answering: it closed it as
+                # idle (uvicorn after 5 s) while our request was on its way. Nothing of the
+                # response came, so sending again on a fresh connection is safe; once.
+                self.pool.retry(ex)
+                return
             if ex.stream.done and ex.status == 200:  # [DONE] seen; the close is harmless
                 ex.end_ns = time.perf_counter_ns()
                 self.pool.finish(ex, ex.record())
@@ -170,6 +181,7 @@ class StreamConnection(asyncio.Protocol):
         else:
             rec = ex.record()
         if self.keep_alive and not self.closed:
+            self.served += 1
             self.pool.release(self)
         else:
             self.abort()
@@ -179,6 +191,7 @@ class StreamConnection(asyncio.Protocol):
     def send(self, ex: Exchange, request: bytes) -> None:
         self.ex = ex
         ex.conn = self
+        ex.request = request
         self.transport.write(request)  # type: ignore[union-attr]
 
     def fail(self, kind: str, detail: str) -> None:
@@ -198,14 +211,62 @@ class StreamConnection(asyncio.Protocol):
                 self.transport.abort()
 
 
+def client_error_cause(exc: BaseException) -> str:
+    """A one-line cause for an aiohttp client error, fit for a terminal and a log.
+
+    Never the exception's repr (it carries the request's headers, Authorization included) nor
+    its str (the URL, which may hold credentials, and raw server bytes over several lines).
+    """
+    import aiohttp
+
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "too many redirects"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({_os_reason(exc.os_error)})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "a broken response body"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "an invalid URL"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        msg = str(exc.message)
+        if "status line" in msg:
+            return "a malformed HTTP status line"
+        if "Got more than" in msg or "too long" in msg.lower():
+            return "an oversized response header"
+        if exc.status >= 400 and exc.status != 400:
+            return f"HTTP {exc.status}"
+        first = msg.split(":", 1)[0].splitlines()[0] if msg else ""
+        return "a bad HTTP response" + (f" ({_printable(first)[:60]})" if first else "")
+    if isinstance(exc, OSError):
+        return _os_reason(exc)
+    return type(exc).__name__
+
+
+def _os_reason(exc: OSError) -> str:
+    return _printable(exc.strerror or type(exc).__name__)
+
+
+def _printable(text: str) -> str:
+    """No control characters (a server's escape sequences) and one line."""
+    return "".join(c if c.isprintable() else " " for c in text).strip()
+
+
 def error_detail(body: bytes) -> str:
-    """The message of an OpenAI-style error body, or its first line."""
+    """The message of an OpenAI-style error body, or its first line: one printable line."""
+    return _printable(_error_message(body))[:160]
+
+
+def _error_message(body: bytes) -> str:
     import json
 
     try:
         obj: Any = json.loads(body)
-    except ValueError:
-        return body[:160].decode("utf-8", "replace").strip()
+    except (ValueError, RecursionError):
+        return body[:160].decode("utf-8", "replace")
     if isinstance(obj, dict):
         err = obj.get("error", obj)
         if isinstance(err, dict):
@@ -243,6 +304,7 @@ class ConnectionPool:
         self.rx_clock = ReceiveClock()
         self._addrs: list[Any] | None = None
         self._rx_buf = bytearray(READ_SIZE) if self.kernel_stamps else bytearray()
+        self.retries = 0  # requests sent again after a reused connection closed unanswered
 
     def finish(self, ex: Exchange, rec: records.RequestRecord) -> None:
         self._finish(ex, rec)
@@ -266,6 +328,21 @@ class ConnectionPool:
                 conn.send(ex, request)
                 return
         task = self.loop.create_task(self._connect_and_send(ex, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def retry(self, ex: Exchange) -> None:
+        """Send `ex` again on a fresh connection (its last one closed before any answer).
+
+        The request's send time becomes the retry's: TTFT and E2E are those of the attempt
+        that was answered, the connect included, as for any request that opens a connection;
+        the failed attempt shows in the send slip (actual minus intended send) instead.
+        """
+        self.retries += 1
+        ex.retried = True
+        ex.conn = None  # connecting: a stop drops it from the in-flight set, as for any connect
+        ex.send_ns = time.perf_counter_ns()
+        task = self.loop.create_task(self._connect_and_send(ex, ex.request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -23,7 +23,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from llmtop.backends.http import error_detail
+from llmtop.backends.http import client_error_cause, error_detail
 from llmtop.backends.openai import Endpoint, header_bytes
 from llmtop.config import Dialect, RunConfig
 from llmtop.errors import ConfigError, TargetError
@@ -114,6 +114,6 @@ async def triton_preflight(
             if b"data:" not in raw:
                 raise TargetError(f"{path} answered 200 without any stream event")
             break
-    except aiohttp.ClientError as exc:
-        raise TargetError(f"cannot talk to Triton at {url}: {exc!r}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise TargetError(f"cannot talk to Triton at {url}: {client_error_cause(exc)}") from None
     return dialect, tuple(notes)

@@ -27,6 +27,18 @@ from llmtop.metrics import records
 SHIP_INTERVAL_S = 0.1
 SWEEP_INTERVAL_S = 0.25
 GC_INTERVAL_S = 10.0
+# Closed loop: after a connect failure a slot waits before its next try, 10 ms doubling with
+# each consecutive failure up to 1 s, so a dead server costs at most `concurrency` attempts
+# (and records) a second instead of a spinning loop.
+CONNECT_BACKOFF_MIN_S = 0.01
+CONNECT_BACKOFF_MAX_S = 1.0
+
+
+def connect_backoff_s(failures: int) -> float:
+    """The wait before a closed-loop slot tries again after `failures` connect failures."""
+    if failures <= 0:
+        return 0.0
+    return min(CONNECT_BACKOFF_MIN_S * 2 ** min(failures - 1, 30), CONNECT_BACKOFF_MAX_S)
 
 
 class LoadDriver:
@@ -74,6 +86,7 @@ class LoadDriver:
         self.measure_from_ns = 0
         self.stop_at_ns: int | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self.connect_failures = 0  # consecutive, all requests together; any answer resets it
         # conversations (docs/workloads.md): new ones start where a request would be sent
         self.convs = Conversations(self) if Conversations.wanted(self) else None
 
@@ -236,13 +249,39 @@ class LoadDriver:
         ex = Exchange(intended_ns, slot_ns, measured)
         self.in_flight.add(ex)
         self.sent += 1
-        self.pool.submit(ex, self.factory.build())
+        if self.closed_loop and self.connect_failures:
+            self._hold(ex)
+        else:
+            self.pool.submit(ex, self.factory.build())
+
+    def _hold(self, ex: Exchange) -> None:
+        """Closed loop after connect failures: send `ex` once its slot's backoff is over.
+
+        It counts as in flight meanwhile (its slot is taken); a stop drops it unsent. Its
+        intended time is when it is finally sent: a closed loop has no schedule to slip from.
+        """
+
+        def release() -> None:
+            if ex not in self.in_flight:  # cancelled by a stop meanwhile
+                return
+            if self.stopping:
+                self.in_flight.discard(ex)
+                self._maybe_done()
+                return
+            ex.intended_ns = ex.slot_ns = time.perf_counter_ns()
+            self.pool.submit(ex, self.factory.build())
+
+        self.loop.call_later(connect_backoff_s(self.connect_failures), release)
 
     def _finished(self, ex: Exchange, rec: records.RequestRecord) -> None:
         self.in_flight.discard(ex)
         if self.convs is not None:
             rec = self.convs.finished(ex, rec)
         self.outbox.append(rec)
+        if rec.error == records.CONNECT:
+            self.connect_failures += 1
+        elif self.connect_failures:
+            self.connect_failures = 0
         if self.queue and (not self.cap or len(self.in_flight) < self.cap):
             intended, measured = self.queue.popleft()
             self._send(intended, time.perf_counter_ns(), measured)

@@ -28,7 +28,10 @@ applied to every ``--fault-every``-th streaming request). SPEC is one of: ``stat
 HTTP error with a JSON body), ``cut=N`` (close the connection after N tokens), ``malformed=N``
 (a malformed SSE line after N tokens, then the stream goes on), ``error_event=N`` (a
 ``data: {"error": ...}`` event after N tokens, then ``[DONE]``), ``stall=N`` (N tokens, then
-nothing, connection kept open), ``hang`` (never answer at all).
+nothing, connection kept open), ``hang`` (never answer at all), ``flood=MB`` (one token,
+then MB MiB of an SSE event that never ends - no blank line - written as fast as the client
+reads, then the connection is closed: what a broken or hostile server can do to a client's
+buffer).
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ class Fault:
     kind: str
     n: int = 0
 
-    KINDS = ("status", "cut", "malformed", "error_event", "stall", "hang")
+    KINDS = ("status", "cut", "malformed", "error_event", "stall", "hang", "flood")
 
     @classmethod
     def parse(cls, spec: str) -> Fault:
@@ -321,6 +324,11 @@ _SSE_HEADERS = (
     b"\r\n"
 )
 _END = b"0\r\n\r\n"
+_FLOOD_PIECE = 64 * 1024
+# A flood: an event that starts like a token chunk and never ends. Lines end, blank lines
+# never come, so no SSE parser can find an event boundary in it.
+_FLOOD_HEAD = b'data: {"id":"cmpl-flood","choices":[{"index":0,"text":"'
+_FLOOD_BODY = b"x" * (_FLOOD_PIECE - 1) + b"\n"
 
 
 def _frame(obj: Any) -> bytes:
@@ -440,6 +448,7 @@ class _Stream:
         "conn",
         "deadline",
         "fault",
+        "flood_left",
         "i",
         "last_ns",
         "recv_ns",
@@ -458,6 +467,7 @@ class _Stream:
         self.recv_ns = recv_ns
         self.stats = stats  # where this request records (None: outside the window)
         self.fault = fault
+        self.flood_left = 0  # bytes of a flood still to write
         self.i = 0  # next chunk index
         self.deadline = 0
         self.last_ns = 0
@@ -476,6 +486,7 @@ class _Conn(asyncio.Protocol):
         self.stream: _Stream | None = None
         self.busy = False  # a response is being produced; later requests wait in buf
         self.closed = False
+        self.paused = False  # the transport's buffer is full (a flood waits for the reader)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -487,6 +498,15 @@ class _Conn(asyncio.Protocol):
         if self.stream is not None and self.stream.state == 0:
             self.server._cancel(self.stream)
         self.stream = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        st = self.stream
+        if st is not None and st.flood_left > 0:
+            self.server._flood(st)
 
     def data_received(self, data: bytes) -> None:
         recv_ns = _now()
@@ -889,7 +909,11 @@ class ScriptedServer:
         shape = st.shape
         i = st.i
         fault = st.fault
-        if fault is not None and i >= fault.n and fault.kind != "status":
+        if (
+            fault is not None
+            and fault.kind != "status"
+            and i >= (1 if fault.kind == "flood" else fault.n)
+        ):
             self._apply_fault(st)
             return
         data = shape.chunks[i]
@@ -948,6 +972,24 @@ class ScriptedServer:
             st.fault = None  # once; then the stream goes on where it was
             transport.write(_frame(b'data: {"id":"cmpl-bad","choices":[{"text":\n\n'))
             self._emit(st)
+        elif fault.kind == "flood":
+            st.state = 1  # no more tokens; the slot is free, the connection busy
+            self._release(st)
+            st.flood_left = fault.n * 1024 * 1024
+            transport.write(_frame(_FLOOD_HEAD))
+            self._flood(st)
+
+    def _flood(self, st: _Stream) -> None:
+        """Write the flood while the client keeps reading (the transport's flow control)."""
+        conn = st.conn
+        transport = conn.transport
+        while st.flood_left > 0 and not conn.paused and not conn.closed and transport:
+            n = min(_FLOOD_PIECE, st.flood_left)
+            transport.write(b"%x\r\n%s\r\n" % (n, _FLOOD_BODY[-n:]))
+            st.flood_left -= n
+        if st.flood_left <= 0 and not conn.closed and transport is not None:
+            transport.close()  # the whole flood went out and still no end: give up
+            conn.closed = True
 
     def _cancel(self, st: _Stream) -> None:
         if st.state != 0:
