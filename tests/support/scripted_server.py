@@ -277,6 +277,8 @@ class Stats:
     arm_warmup_ns: int | None = None
     arm_duration_ns: int | None = None
     match_tokens: int | None = None
+    # (receive time, prompt tokens, tokens asked) of each request in the window, in order
+    arrivals: list[tuple[int, int, int]] = field(default_factory=list)
 
     def in_window(self, recv_ns: int, tokens: int) -> bool:
         """Whether a request received at ``recv_ns`` counts; the first one fixes an armed window.
@@ -694,6 +696,8 @@ class ScriptedServer:
             conn._reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
         elif path == "/script/stats":
             conn._reply(_json_response(200, self._stats_body()))
+        elif path == "/script/arrivals":  # [[receive ns, prompt tokens, tokens asked], ...]
+            conn._reply(_json_response(200, {"arrivals": self.stats.arrivals}))
         elif path == "/script/reset":
             q = parse_qs(parts.query)
             warm = float(q["warmup_s"][0]) if "warmup_s" in q else None
@@ -790,6 +794,8 @@ class ScriptedServer:
         rec = self.stats.in_window(recv_ns, total)
         if rec:
             self.stats.requests += 1
+            prompt_in = req.get("messages") if chat else req.get("prompt")
+            self.stats.arrivals.append((recv_ns, _count_prompt(prompt_in), total))
             if fault is not None:
                 self.stats.faulted += 1
         if fault is not None and fault.kind == "status":
