@@ -121,6 +121,7 @@ class RequestFactory:
                 raise ConfigError("a trace is replayed as token-id prompts (--api completions)")
             self._mode = "trace"
             self._trace = TracePrompts(self._lo, self._hi, wl.seed)
+            self._trace.prepare(config.trace)  # before the load starts, not while it runs
             self._rows = config.trace
         elif config.dataset:
             self._mode = "dataset"
