@@ -80,6 +80,7 @@ class WorkerHook:
         self._probes = 0
         self._lags = array("q")
         self._start_ns: int | None = None
+        self._early: list[Any] = []  # controls that came before `attach` (start-up)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"share": self.share}
@@ -107,6 +108,10 @@ class WorkerHook:
             driver.factory = DealtPrompts(factory, None, share.index, share.count)
         self._ctl = Pacer(loop, self._apply_due)
         self._probe = Pacer(loop, self._on_probe)
+        early, self._early = self._early, []
+        for msg in early:  # a worker lost while this one was still starting: re-spread
+            if not self.on_control(msg):
+                driver.on_control(msg)
 
     def begin(self, driver: Any) -> None:
         """Instead of `driver.start()`: at once, or at the group's start barrier."""
@@ -125,6 +130,8 @@ class WorkerHook:
         if self._start is not None:
             self._start.close()
             self._start = None
+        if driver.stopping:  # stopped before it started (the parent gave up meanwhile)
+            return
         if t0_ns is None:
             driver.start()
         else:
@@ -147,6 +154,9 @@ class WorkerHook:
     # -- control ------------------------------------------------------------------------------
     def on_control(self, msg: Any) -> bool:
         """True when the hook took the message (the driver never sees it)."""
+        if self._driver is None:  # not attached yet: keep it for `attach`
+            self._early.append(msg)
+            return True
         if isinstance(msg, StartAt):
             self._start_ns = msg.t_ns
             if self._start is not None:

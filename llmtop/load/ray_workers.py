@@ -45,7 +45,7 @@ from llmtop.load.share import (
     worker_config,
     worker_share,
 )
-from llmtop.load.workers import SCHEDULE_CONTROLS, GroupBase, WorkerLost
+from llmtop.load.workers import SCHEDULE_CONTROLS, GroupBase, WorkerLost, process_death
 
 BARRIER_S = 1.0  # the start instant, this far ahead of the moment it is chosen
 CONTROL_MARGIN_S = 0.25  # rate changes take effect this far ahead on every node
@@ -106,7 +106,7 @@ class NodeAgent:
                 for msg in msgs:
                     self._take(msg)
                 if proc.channel is not None and proc.channel.closed and not proc.alive:
-                    self.events.append(("died", proc.death()["message"]))
+                    self.events.append(("died", process_death(proc)["message"]))
                     self._news = True
                     self.lock.notify_all()
                     return
@@ -417,19 +417,22 @@ class RayWorkerGroup(GroupBase):
         self.lost.add(i)
         self.book.lose(i, now, reason)
         acc = self.book.accounts[i]
-        out.append(WorkerLost(i, acc.node, now, reason, acc.lost_in_flight))
-        if not self.live or self.stop_sent:
-            return
+        at = self._respread(now) if self.live and not self.stop_sent else None
+        out.append(WorkerLost(i, acc.node, now, reason, acc.lost_in_flight, at))
+
+    def _respread(self, now: int) -> int:
+        """The lost share to the live workers, from an agreed instant on (returned)."""
         if self.config.plan.closed_loop:
             live = self.live
             for j, c in zip(live, split_evenly(self.concurrency, len(live)), strict=True):
                 self.agents[j].control.remote(ch.ConcurrencySet(c), None)
-            return
+            return now
         at = now + round(CONTROL_MARGIN_S * 1e9)
         t0 = self.parent_t0_ns or now
         members = tuple(self.live)
         for j in members:
             self.agents[j].control.remote(MembersSet(members), at - t0)
+        return at
 
     def join(self, timeout_s: float = 5.0) -> None:
         if self._closed:

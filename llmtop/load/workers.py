@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ from llmtop.load.share import (
 )
 
 START_MARGIN_S = 0.05  # the barrier: every worker is told to start this far ahead
-CONTROL_MARGIN_S = 0.05  # a rate change takes effect this far ahead, on every worker at once
+CONTROL_MARGIN_S = 0.1  # a rate change takes effect this far ahead, on every worker at once
+RESPREAD_MARGIN_S = 0.2  # a lost worker's share moves to the others this far ahead
 SCHEDULE_CONTROLS = (ch.RateSet, ch.Paused, ch.Resumed)
 
 
@@ -59,6 +61,22 @@ class WorkerLost:
     t_ns: int
     reason: str
     in_flight: int  # what it had in flight (lost with it)
+    respread_at_ns: int | None = None  # from then on the others send its share
+
+
+def process_death(p: LoadProcess) -> dict[str, Any]:
+    """How a load process ended: its own `death()` when it has one, else from the exit code."""
+    death = getattr(p, "death", None)
+    if death is not None:
+        return death()
+    code = p.proc.exitcode if p.proc is not None else None
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return {"message": f"the load process was killed by {name}", "exit_code": code}
+    return {"message": f"the load process ended unexpectedly (exit code {code})", "exit_code": code}
 
 
 def free_cores() -> int:
@@ -168,6 +186,11 @@ class GroupBase:
             "reason": msg.reason,
             "in_flight_lost": msg.in_flight,
             "respread_to": self.live,
+            "respread_at_s": (
+                round((msg.respread_at_ns - start_ns) / 1e9, 3)
+                if msg.respread_at_ns and start_ns
+                else None
+            ),
         }
 
 
@@ -209,12 +232,12 @@ class WorkerGroup(GroupBase):
 
     @property
     def exitcode(self) -> int | None:
-        codes = [p.exitcode for p in self.processes]
+        codes = [p.proc.exitcode if p.proc is not None else None for p in self.processes]
         return next((c for c in codes if c), codes[0])
 
     def death(self) -> dict[str, Any]:
         dead = [p for p in self.processes if not p.alive] or self.processes
-        info = dead[0].death()
+        info = process_death(dead[0])
         if self.n > 1:
             info = {**info, "message": f"all {self.n} load processes ended: " + info["message"]}
         return info
@@ -336,28 +359,28 @@ class WorkerGroup(GroupBase):
                 continue
             if p.channel is None or not p.channel.closed or p.alive:
                 continue
-            reason = p.death()["message"]
+            reason = process_death(p)["message"]
             self.lost.add(i)
             self.book.lose(i, now, reason)
             acc = self.book.accounts[i]
-            out.append(WorkerLost(i, acc.node, now, reason, acc.lost_in_flight))
-            if self.live and not self.stop_sent:
-                self._respread()
+            at = self._respread() if self.live and not self.stop_sent else None
+            out.append(WorkerLost(i, acc.node, now, reason, acc.lost_in_flight, at))
         if self.barrier_ns is None and self.ready and self.ready >= set(self.live) and self.live:
             self.barrier_ns = time.perf_counter_ns() + round(START_MARGIN_S * 1e9)
             for j in self.live:
                 self.processes[j].send(StartAt(self.barrier_ns))
 
-    def _respread(self) -> None:
+    def _respread(self) -> int:
         """Deal the lost workers' share over the live ones (open loop) or re-split the
-        concurrency (closed loop), from an agreed instant on."""
+        concurrency (closed loop), from an agreed instant on; returns that instant."""
         if self.config.plan.closed_loop:
             self._send_concurrency()
-            return
-        at = time.perf_counter_ns() + round(CONTROL_MARGIN_S * 1e9)
+            return time.perf_counter_ns()
+        at = time.perf_counter_ns() + round(RESPREAD_MARGIN_S * 1e9)
         members = tuple(self.live)
         for i in members:
             self.processes[i].send(TimedControl(at, MembersSet(members)))
+        return at
 
     def join(self, timeout_s: float = 5.0) -> None:
         """Wait for every worker to end (killing any that will not), within `timeout_s` in all."""
