@@ -303,8 +303,13 @@ def test_the_guard_says_when_the_client_is_the_bottleneck() -> None:
     assert v.workers_needed == 3  # 1.9 cores of load at 70 % each
     assert "the CLIENT is the bottleneck" in v.message and "--workers 3" in v.message
     assert busy.run_verdict().as_dict()["workers_needed"] == 3
-    late = _busy_book(0.3, 2.5)
-    assert any("send slip p99 2.50 ms" in r for r in late.verdict(11 * S).reasons)
+    late = _busy_book(0.6, 2.5)
+    v = late.verdict(11 * S)
+    assert any("send slip p99 2.50 ms" in r for r in v.reasons) and not v.host_busy
+    assert v.workers_needed == 3  # one more than now, at least
+    crowded = _busy_book(0.05, 2.5)  # late while idle: others hold the host's CPU
+    v = crowded.verdict(11 * S)
+    assert v.bound and v.host_busy and "more workers will not fix it" in v.message
     assert workers_needed([0.95, 0.9], 2, True) == 3
     assert workers_needed([0.2], 1, False) == 1
     assert CPU_LIMIT < 0.9

@@ -32,6 +32,7 @@ LAG_GROWTH = 2.0  # loop lag p99 now vs the stretch before: growing
 LAG_FLOOR_MS = 2.0  # ... but only once it is at least this (below it is timer noise)
 LAG_LIMIT_MS = 10.0  # a loop this far behind is saturated whether or not it grows
 CPU_TARGET = 0.70  # what each worker should use after the fix (headroom for bursts)
+BUSY_HOST_CPU = 0.5  # late while using less than this: the host is busy, not the workers
 RECENT_S = 5.0  # the live guard looks at this many seconds
 MIN_SLIP_SAMPLES = 200  # p99 of fewer samples is just their maximum
 
@@ -169,14 +170,21 @@ class ClientVerdict:
     workers: int = 0  # workers now
     workers_needed: int = 0
     cores_free: int | None = None
+    host_busy: bool = False  # late with idle workers: other processes hold this host's CPU
 
     @property
     def message(self) -> str:
         if not self.bound:
             return ""
-        fix = f"--workers {self.workers_needed} would fix it"
-        if self.cores_free is not None and self.workers_needed > self.cores_free:
-            fix += f" (this host has {self.cores_free} free cores: add machines with --ray)"
+        if self.host_busy:
+            fix = (
+                "the workers themselves are mostly idle, so other processes on this host "
+                "delay them: more workers will not fix it; free the host or use --ray"
+            )
+        else:
+            fix = f"--workers {self.workers_needed} would fix it"
+            if self.cores_free is not None and self.workers_needed > self.cores_free:
+                fix += f" (this host has {self.cores_free} free cores: add machines with --ray)"
         return (
             "the CLIENT is the bottleneck, not the server: " + "; ".join(self.reasons) + f"; {fix}"
         )
@@ -190,6 +198,7 @@ class ClientVerdict:
             "reasons": list(self.reasons),
             "workers": self.workers,
             "workers_needed": self.workers_needed,
+            "host_busy": self.host_busy,
             "message": self.message,
         }
 
@@ -290,7 +299,11 @@ class WorkerBook:
         for a in self.live:
             frac = a.cpu_fraction(now_ns if live_view else None)
             fracs.append(frac)
-            slip = a.live_slip_p99_ms() if live_view else _ms(a.slip)
+            slip = (
+                a.live_slip_p99_ms()
+                if live_view
+                else (_ms(a.slip) if a.slip.get_total_count() >= MIN_SLIP_SAMPLES else None)
+            )
             if slip is not None and slip > SLIP_P99_LIMIT_MS:
                 reasons.append(f"worker {a.id} send slip p99 {slip:.2f} ms")
             if frac is not None and frac > CPU_LIMIT:
@@ -304,12 +317,15 @@ class WorkerBook:
                 reasons.append(f"worker {a.id} loop lag p99 {lag_now:.1f} ms")
         bound = bool(reasons)
         live = len(self.live)
+        known = [f for f in fracs if f is not None]
+        host_busy = bound and bool(known) and max(known) < BUSY_HOST_CPU
         return ClientVerdict(
             bound,
             tuple(reasons),
             live,
-            workers_needed(fracs, live, bound),
+            live if host_busy else workers_needed(fracs, live, bound),
             self.cores_free,
+            host_busy,
         )
 
     def verdict(self, now_ns: int) -> ClientVerdict:
