@@ -12,6 +12,7 @@ from llmtop.errors import LlmtopError
 from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.output.jsonfile import dumps, write_json_atomic
+from llmtop.output.workers import client_bound_part, worker_lines
 from llmtop.output.workloads import cache_lines, turn_lines
 
 # (summary key, label, definition) of each row of the final table, from the metric catalog
@@ -40,6 +41,9 @@ def progress_line(t: Telemetry) -> str:
     ]
     if t.queued:  # the client's own cap holds these back, not the server
         parts.insert(4, f"client-bound: {t.queued} waiting for a --max-concurrency slot")
+    bound = client_bound_part(t)  # the workers' guard (docs/scale.md)
+    if bound:
+        parts.append(bound)
     return "  ".join(parts)
 
 
@@ -50,6 +54,9 @@ def client_bottleneck(summary: dict[str, Any]) -> dict[str, Any] | None:
     allows and a `--duration` schedule takes longer to send. The sign is the wait for a slot:
     its p99 above 10 ms and 5 % of the median E2E (below that a wait is noise).
     """
+    saturated = summary.get("client_saturation")  # the workers' guard (docs/scale.md)
+    if saturated:
+        return saturated
     plan = (summary.get("config") or {}).get("plan") or {}
     cap = plan.get("max_concurrency")
     wait = summary.get("queue_wait_ms") or {}
@@ -138,6 +145,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     bottleneck = summary.get("bottleneck", client_bottleneck(summary))
     if bottleneck:
         lines.append(f"bottleneck  {bottleneck['message']}")
+    lines.extend(worker_lines(summary))
     if summary.get("goodput") is not None:
         lines.append(
             f"goodput     {summary['goodput']:.2f} req/s within every per-request limit"

@@ -55,6 +55,7 @@ from llmtop.tui.widgets.server_panel import ServerPanel
 from llmtop.tui.widgets.spectrum import SpectrumPanel
 from llmtop.tui.widgets.throughput import ThroughputPanel
 from llmtop.tui.widgets.timeseries import LatencyChart
+from llmtop.tui.widgets.workers import WorkersLine
 from llmtop.tui.worker import SessionDriver
 
 MIN_W, MIN_H = 72, 20  # below this the screen says so instead of drawing a mess
@@ -79,6 +80,7 @@ class MainScreen(Screen[None]):
         )
         with Vertical(id="main"):
             yield RatePanel(self.info.closed_loop, id="rate")
+            yield WorkersLine(id="workers")  # shown when the load is split or client-bound
             with Horizontal(id="gauges"):
                 for metric, label, definition in GAUGE_METRICS:
                     yield LatencyGauge(metric, label, definition, self.info.slo, id=f"g-{metric}")
@@ -196,6 +198,7 @@ class LlmtopApp(App[int]):
         self.main.query_one(RatePanel).asked = math.nan if self._pending is None else self._pending
         self.main.query_one(RunHeader).frame = f
         self.main.query_one(RatePanel).frame = f
+        self.main.query_one(WorkersLine).frame = f
         for gauge in self.main.query(LatencyGauge):
             gauge.frame = f
         self.main.query_one(ThroughputPanel).frame = f
@@ -211,6 +214,9 @@ class LlmtopApp(App[int]):
 
     def _events_from(self, f: Telemetry) -> None:
         """Turn changes between frames into log lines: phases, SLO breaches, new errors."""
+        if f.client_bound and not getattr(self, "_client_bound", False):
+            self.log_event(f.client_bound, "bold red")  # the workers' guard (docs/scale.md)
+        self._client_bound = bool(f.client_bound)
         if f.phase != self._phase:
             if self._phase:
                 self.log_event(f"phase: {f.phase}")
