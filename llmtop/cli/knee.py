@@ -13,6 +13,7 @@ from llmtop.cli.options import (
     RunOptions,
     parse_slo,
     prepared,
+    scale_options,
     target_options,
     workload_options,
 )
@@ -38,6 +39,7 @@ def _percent(value: str) -> float:
 @click.command("knee")
 @target_options
 @workload_options
+@scale_options
 @click.option(
     "--slo",
     required=True,
