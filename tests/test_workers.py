@@ -435,3 +435,34 @@ def test_a_worker_lost_while_starting_leaves_the_others_the_whole_schedule(scrip
     ref.start(0)
     t0 = session.collector.steps[0].start_ns
     assert sorted(r.intended_ns - t0 for r in records) == ref.take_due(10 * S)[:70]
+
+
+def test_a_rate_change_reaches_every_worker_at_the_same_point_of_the_schedule(
+    scripted: Any,
+) -> None:
+    """The UI's arrows and the knee's steps: the union stays the one schedule, and the new
+    step starts where the workers changed rate."""
+    plan = LoadPlan(request_rate=40.0, duration_s=3.0, burstiness=0.5, seed=8, workers=3)
+    config = RunConfig(Target(scripted.url, model="scripted"), Workload(8, 6), plan)
+    changed: list[bool] = []
+
+    def change(session: Any, elapsed: float) -> None:
+        if not changed and session.status is not None and session.status.sent >= 30:
+            session.set_rate(90.0, "faster")
+            changed.append(True)
+
+    session, records = _drive(config, change)
+    assert changed and session.failure is None
+    steps = session.collector.steps
+    assert [s.offered for s in steps] == [40.0, 90.0] and steps[1].label == "faster"
+    t0 = steps[0].start_ns
+    at = steps[1].start_ns - t0
+    ref = ArrivalSchedule(40.0, 0.5, 8)
+    ref.start(0)
+    expected = ref.take_due(at - 1)
+    ref.set_rate(at, 90.0)
+    expected += ref.take_due(3 * S - 1)
+    assert sorted(r.intended_ns - t0 for r in records) == expected
+    s = session.summary()
+    assert all(w["late_controls"] == 0 for w in s["workers"])
+    assert sum(w["completed"] for w in s["workers"]) == s["completed"] == len(expected)
