@@ -73,13 +73,13 @@ def is_secret_name(name: str) -> bool:
 def _rebuild() -> None:
     global _secret_re, _header_re, _suspect
     long_ones = sorted((s for s in _secrets if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
-    _secret_re = (
-        re.compile(
-            r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(s) for s in long_ones) + r")(?![A-Za-z0-9])"
-        )
-        if long_ones
-        else None
-    )
+    # Short values only where they stand alone (not inside an encoded histogram or a
+    # longer word); long ones anywhere (a random match of 12+ characters does not happen).
+    alts = [
+        re.escape(v) if len(v) >= 12 else rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])"
+        for v in long_ones
+    ]
+    _secret_re = re.compile("|".join(alts)) if alts else None
     names = sorted({*_SECRET_HEADERS, *_header_names}, key=len, reverse=True)
     _header_re = re.compile(
         r"(?<![A-Za-z0-9-])(" + "|".join(re.escape(n) for n in names) + r")"
@@ -202,7 +202,8 @@ def _keep_terminal(m: re.Match[str]) -> str:
     return m.group(0) if _TERMINAL_KEEP.fullmatch(m.group(0)) else ""
 
 
-def _redact_text(text: str, terminal: bool) -> str:
+def _mask_patterns(text: str) -> str:
+    """Secrets and secret-shaped values masked (the text has no controls left)."""
     if _secret_re is not None:
         text = _secret_re.sub(MASK, text)
     if not _suspect.search(text):
@@ -214,10 +215,18 @@ def _redact_text(text: str, terminal: bool) -> str:
     text = _BEARER.sub(lambda m: m.group(1) + " " + MASK, text)
     text = _PAIR.sub(lambda m: _mask_named(m, 2, 4), text)
     text = _FLAG.sub(lambda m: _mask_named(m, 1, 3), text)
-    text = _ENV.sub(lambda m: _mask_named(m, 1, 2), text)
-    if terminal:
-        return _CONTROL.sub(_keep_terminal, text)
-    return _CONTROL.sub("", text.replace("\r\n", "\n"))
+    return _ENV.sub(lambda m: _mask_named(m, 1, 2), text)
+
+
+def _redact_text(text: str, terminal: bool) -> str:
+    """Controls go first, so that none can split a secret and hide it from the patterns."""
+    if not terminal:
+        return _mask_patterns(_CONTROL.sub("", text.replace("\r\n", "\n")))
+    kept = _CONTROL.sub(_keep_terminal, text)
+    plain = _CONTROL.sub("", kept)
+    masked = _mask_patterns(plain)
+    # Something secret-shaped (perhaps split by a colour code): show it plain and masked.
+    return masked if masked != plain else kept
 
 
 def redact(value: Any, *, terminal: bool = False) -> Any:

@@ -74,7 +74,8 @@ def _why(exc: BaseException, timeout_s: float | None = None) -> str:
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the answer's body was cut or malformed"
     if isinstance(exc, aiohttp.ClientResponseError):  # bad status line, oversized header...
-        return f"the answer is not valid HTTP ({redact(str(exc.message))[:160]})"
+        words = " ".join(str(exc.message).replace("^", " ").split())
+        return f"the answer is not valid HTTP ({redact(words)[:160]})"
     if isinstance(exc, RecursionError):
         return "the answer's JSON is nested too deeply"
     return describe_exception(exc)

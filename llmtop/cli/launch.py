@@ -26,7 +26,7 @@ from llmtop.cli.options import (
     profile_option,
     workload_options,
 )
-from llmtop.engines.launch import DEFAULT_HEALTH_TIMEOUT_S, ENGINES
+from llmtop.engines.launch import DEFAULT_HEALTH_TIMEOUT_S, ENGINES, STOP_GRACE_S
 from llmtop.errors import ConfigError, LlmtopError
 from llmtop.profiles import Profile
 
@@ -186,6 +186,13 @@ def _target_options(f: Any) -> Any:
     show_default=True,
     help="Seconds to wait for the engine's /health.",
 )
+@click.option(
+    "--stop-grace",
+    type=float,
+    default=STOP_GRACE_S,
+    show_default=True,
+    help="Seconds the engine gets to exit after SIGTERM before it is killed.",
+)
 @_target_options
 @workload_options
 @load_options
@@ -230,6 +237,7 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
         health_timeout_s=o["health_timeout"],
         env=_env_pairs(o["engine_env"]),
         nice=o["engine_nice"],
+        stop_grace_s=o["stop_grace"],
         progress=progress,
         echo=lambda m: click.echo(m, err=True),
         profile=opts.profile,

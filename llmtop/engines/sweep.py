@@ -5,10 +5,17 @@ already in the engine's args is replaced, not repeated); several `--sweep` optio
 Each configuration's load is the same run config (same prompts, same seed), measured with the
 server's own metrics polled beside it, and saved as a snapshot; a table compares them at the
 end. A configuration whose engine does not start is reported and the sweep goes on.
+
+No engine outlives the sweep: SIGINT, SIGTERM and SIGHUP stop the load gracefully while one
+runs (the point is saved) and interrupt everything else (an engine's health wait, the time
+between points) at once, each engine stopped on the way out; a SIGKILLed llmtop leaves the
+engine to its watchdog (`llmtop.engines.children`). Each engine's log, redacted, lies beside
+its snapshot; a sweep that cannot start leaves no folder behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import re
@@ -19,11 +26,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmtop.config import RunConfig
-from llmtop.engines.launch import EngineStartError, launch_engine
-from llmtop.errors import ConfigError, LlmtopError
+from llmtop.engines.launch import STOP_GRACE_S, EngineStartError, engine_command, launch_engine
+from llmtop.errors import ConfigError, LlmtopError, redact
 from llmtop.output.console import ProgressLine, print_summary
 from llmtop.output.jsonfile import write_json_atomic
 from llmtop.output.snapshot import build_snapshot, save_snapshot
+from llmtop.output.writable import check_writable
 from llmtop.profiles import Profile
 from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.setup import prepare
@@ -201,6 +209,44 @@ def drive_session(
     return session, ended.interrupted
 
 
+def _make_out_dir(path: Path) -> bool:
+    """Create `--out` (and check a file can be written there); True when it was created."""
+    existed = path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LlmtopError(f"cannot create --out {path}: {exc.strerror or exc}") from None
+    try:
+        check_writable("--out", path / "comparison.json")
+    except LlmtopError:
+        if not existed:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return not existed
+
+
+def _wrap_up(
+    out_path: Path,
+    rows: list[dict[str, Any]],
+    created: bool,
+    stdout: TextIO,
+    echo: Callable[[str], None],
+) -> None:
+    """The comparison of the points that ran (after an interrupt too); no empty folder left."""
+    if rows:
+        with contextlib.suppress(OSError):
+            stdout.write(format_comparison(rows))
+            stdout.flush()
+        try:
+            write_json_atomic(out_path / "comparison.json", rows)
+        except OSError as exc:
+            echo(f"llmtop: cannot write {out_path / 'comparison.json'}: {exc.strerror or exc}")
+    if created:
+        with contextlib.suppress(OSError):
+            out_path.rmdir()  # only when nothing was written into it
+
+
 @dataclasses.dataclass
 class SweepResult:
     rows: list[dict[str, Any]]
@@ -225,6 +271,7 @@ def run_sweep(
     health_timeout_s: float = 900.0,
     env: Mapping[str, str] | None = None,
     nice: int = 0,
+    stop_grace_s: float = STOP_GRACE_S,
     progress: bool = False,
     echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     out: TextIO | None = None,
@@ -234,61 +281,76 @@ def run_sweep(
 
     stdout = out or sys.stdout
     out_path = Path(out_dir)
-    try:
-        out_path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LlmtopError(f"cannot create --out {out_path}: {exc.strerror or exc}") from None
+    # An engine that is not installed is said before any folder exists.
+    engine_command(engine, apply_overrides(engine_args, points[0].overrides), python)
+    created = _make_out_dir(out_path)
     rows: list[dict[str, Any]] = []
     snaps: list[Path] = []
-    for n, point in enumerate(points, 1):
-        args = apply_overrides(engine_args, point.overrides)
-        echo(f"llmtop: [{n}/{len(points)}] {point.label}: starting {engine} ...")
-        try:
-            proc = launch_engine(engine, args, python, port, health_timeout_s, env=env, nice=nice)
-        except EngineStartError as exc:
-            if len(points) == 1:
-                raise
-            echo(f"llmtop: [{n}/{len(points)}] {point.label}: {exc}")
-            rows.append({"config": point.label, "error": str(exc)})
-            continue
-        with proc:
-            echo(
-                f"llmtop: [{n}/{len(points)}] {point.label}: healthy at "
-                f"{proc.url} after {proc.startup_s or 0:.1f} s"
-            )
-            target = dataclasses.replace(config.target, url=proc.url)
-            point_config = dataclasses.replace(config, target=target)
-            with prepare(point_config, profile=profile, echo=echo) as prep:
-                poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
-                try:
-                    session, interrupted = drive_session(prep.config, slo, poller.latest, progress)
-                    load_ns = (session.start_ns or 0, time.perf_counter_ns())
-                finally:
-                    session_series = poller.finish()
-                session.server_series = session_series
-                extra = prep.extra
-                snap = build_snapshot(session, extra)
-                snap["sweep"] = {
-                    "engine": engine,
-                    "label": point.label,
-                    "overrides": [list(o) for o in point.overrides],
-                    "argv": proc.argv,
-                    "startup_s": proc.startup_s,
-                }
-                if poller.problem:
-                    snap.setdefault("notes", []).append(poller.problem)
-                path = save_snapshot(out_path / f"{engine}-{point.slug}.json", snap)
-                snaps.append(path)
-                row = comparison_row(point.label, snap, load_ns)
-                if session.failure:
-                    row["error"] = session.failure
-                rows.append(row)
-                print_summary({**snap["summary"], **extra}, stdout)
-                echo(f"llmtop: [{n}/{len(points)}] {point.label}: snapshot {path}")
-                if interrupted:
-                    raise KeyboardInterrupt  # this point is saved; the ones after it never ran
-    table = format_comparison(rows)
-    stdout.write(table)
-    stdout.flush()
-    write_json_atomic(out_path / "comparison.json", rows)
+
+    def _run_points() -> None:
+        for n, point in enumerate(points, 1):
+            args = apply_overrides(engine_args, point.overrides)
+            echo(f"llmtop: [{n}/{len(points)}] {point.label}: starting {engine} ...")
+            try:
+                proc = launch_engine(
+                    engine,
+                    args,
+                    python,
+                    port,
+                    health_timeout_s,
+                    env=env,
+                    nice=nice,
+                    log_path=out_path / f"{engine}-{point.slug}.log",
+                    stop_grace_s=stop_grace_s,
+                )
+            except EngineStartError as exc:
+                if len(points) == 1:
+                    raise
+                echo(f"llmtop: [{n}/{len(points)}] {point.label}: {exc}")
+                rows.append({"config": point.label, "error": redact(str(exc))})
+                continue
+            with proc:
+                echo(
+                    f"llmtop: [{n}/{len(points)}] {point.label}: healthy at "
+                    f"{proc.url} after {proc.startup_s or 0:.1f} s"
+                )
+                target = dataclasses.replace(config.target, url=proc.url)
+                point_config = dataclasses.replace(config, target=target)
+                with prepare(point_config, profile=profile, echo=echo) as prep:
+                    poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
+                    try:
+                        session, interrupted = drive_session(
+                            prep.config, slo, poller.latest, progress
+                        )
+                        load_ns = (session.start_ns or 0, time.perf_counter_ns())
+                    finally:
+                        session_series = poller.finish()
+                    session.server_series = session_series
+                    extra = prep.extra
+                    snap = build_snapshot(session, extra)
+                    snap["sweep"] = {
+                        "engine": engine,
+                        "label": point.label,
+                        "overrides": [list(o) for o in point.overrides],
+                        "argv": proc.public_argv(),
+                        "startup_s": proc.startup_s,
+                    }
+                    if poller.problem:
+                        snap.setdefault("notes", []).append(poller.problem)
+                    path = save_snapshot(out_path / f"{engine}-{point.slug}.json", snap)
+                    snaps.append(path)
+                    row = comparison_row(point.label, snap, load_ns)
+                    if session.failure:
+                        row["error"] = session.failure
+                    rows.append(row)
+                    print_summary({**snap["summary"], **extra}, stdout)
+                    echo(f"llmtop: [{n}/{len(points)}] {point.label}: snapshot {path}")
+                    if interrupted:
+                        raise KeyboardInterrupt  # this point is saved; the ones after it never ran
+
+    try:
+        with Interrupts(raising=True):  # outside a load, a signal interrupts at once
+            _run_points()
+    finally:
+        _wrap_up(out_path, rows, created, stdout, echo)
     return SweepResult(rows, snaps, out_path)

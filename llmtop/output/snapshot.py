@@ -117,6 +117,7 @@ def build_snapshot(
         "engine_config": extra.get("engine_config"),
         "slo": session.slo.text if session.slo else None,
         "summary": session.summary(),
+        "failure": session.failure_record(),  # how the run ended, when not normally
         "histogram_unit": "us",
         "histograms": {m: encode_histogram(collector.cumulative[m]) for m in METRICS},
         "steps": steps,

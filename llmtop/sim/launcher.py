@@ -16,12 +16,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any
 
+from llmtop.engines.children import Watchdog, stop_group
+from llmtop.engines.http import healthy
 from llmtop.errors import TargetError
 
 
@@ -39,6 +39,9 @@ class SimHandle:
         self.url = url
         self._info = info
         self._stderr = stderr_file
+        # its own group (Ctrl-C and group signals reach llmtop, which stops it), and a
+        # watchdog that stops it if llmtop is killed (llmtop.engines.children)
+        self._watchdog: Watchdog | None = Watchdog(proc.pid, 5.0)
 
     def describe(self) -> dict[str, Any]:
         """Engine, presets and effective settings; always `"simulated": True`."""
@@ -53,13 +56,10 @@ class SimHandle:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate and reap the child (SIGTERM, then SIGKILL after `timeout`)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_group(self.proc, timeout)
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         with contextlib.suppress(OSError):
@@ -137,18 +137,27 @@ def start_sim(
         text=True,
         env=env,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
 
     def fail(why: str) -> SimStartError:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        stop_group(proc, 0.0)
         tail = _tail(stderr_file)
         with contextlib.suppress(OSError):
             stderr_file.close()
         return SimStartError(f"simulator did not start: {why}" + (f": {tail}" if tail else ""))
 
+    try:
+        return _wait_ready(proc, stderr_file, timeout, deadline, fail)
+    except BaseException:  # Ctrl-C (or a signal made KeyboardInterrupt) while it starts
+        stop_group(proc, 0.0)
+        raise
+
+
+def _wait_ready(
+    proc: subprocess.Popen[str], stderr_file: IO[str], timeout: float, deadline: float, fail: Any
+) -> SimHandle:
     line = _read_line(proc, timeout)
     if line is None:
         raise fail("it exited" if proc.poll() is not None else f"no URL within {timeout:g} s")
@@ -157,13 +166,7 @@ def start_sim(
         url = str(info["url"])
     except (ValueError, KeyError, TypeError):
         raise fail(f"unexpected first line {line.strip()[:200]!r}") from None
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1.0) as r:
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, OSError):
-            pass
+    while not healthy(url + "/health", timeout_s=1.0):
         if proc.poll() is not None:
             raise fail("it exited")
         if time.monotonic() > deadline:
