@@ -154,7 +154,7 @@ def measure_once(
     srv = server.stats()
     tokens = res.get("output_tokens") or 0
     row: dict[str, Any] = {
-        "client": kind,
+        "client": kind if kind == "floor" or args.workers == 1 else f"{kind}×{args.workers}",
         "rate": rate,
         "error_ms": errors_vs_server(res, srv),
         "cpu_us_per_token": res["load_cpu_s"] * 1e6 / tokens if tokens else None,
@@ -275,10 +275,18 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="diagnostic: renice llmtop's parent process (not its load process) to this",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="llmtop run --workers N (issue 13): N load processes, all on --client-cpu",
+    )
     p.add_argument("--retries", type=int, default=2, help="re-runs after a machine stall")
     p.add_argument("--max-stall-ms", type=float, default=20.0)
     p.add_argument("--json", default=None, help="write all rows here")
     args = p.parse_args(argv)
+    if args.workers > 1:
+        args.llmtop_arg = [*args.llmtop_arg, "--workers", str(args.workers)]
     rates = [float(r) for r in args.rates.split(",")]
     clients = ["floor", "llmtop"] if args.client == "both" else [args.client]
     ncpu = os.cpu_count() or 1

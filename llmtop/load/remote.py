@@ -91,14 +91,10 @@ class HistogramsShipped:
     def merge_into(self, collector: Collector) -> None:
         """Add these figures into the parent's collector (the session calls this)."""
         t0 = self.parent_t0_ns
-
-        def hists(d: dict[str, SparseHistogram]) -> dict[str, HdrHistogram]:
-            return {m: s.histogram() for m, s in d.items()}
-
-        collector.merge(
-            hists(self.histograms),
+        collector.merge(  # the sparse counters go straight into the parent's histograms
+            self.histograms,
             self.counts,
-            {i: (hists(h), c) for i, (h, c) in self.steps.items()},
+            self.steps,
             None if self.first_send_offset_ns is None else t0 + self.first_send_offset_ns,
             None if self.last_end_offset_ns is None else t0 + self.last_end_offset_ns,
         )

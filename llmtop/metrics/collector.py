@@ -393,19 +393,28 @@ class Collector:
     # -- merging another collector's figures (remote workers, docs/scale.md) ------------
     def merge(
         self,
-        histograms: dict[str, HdrHistogram],
+        histograms: dict[str, Any],
         counts: Counts,
-        steps: dict[int, tuple[dict[str, HdrHistogram], Counts]],
+        steps: dict[int, tuple[dict[str, Any], Counts]],
         first_send_ns: int | None = None,
         last_end_ns: int | None = None,
     ) -> None:
         """Take what another collector recorded since it last shipped (a remote worker's
         interval, on this collector's clock): the run's part into the current interval, each
         step's into its step, exactly as `add` would have put those records. HDR counters
-        add exactly, so the merged figures are the figures of the union of the requests."""
+        add exactly, so the merged figures are the figures of the union of the requests.
+        A histogram is an HdrHistogram of our layout or anything with `add_into(dst)` (the
+        sparse counters remote workers ship: no full histogram is made for them)."""
+
+        def add(dst: HdrHistogram, src: Any) -> None:
+            if isinstance(src, HdrHistogram):
+                add_into(dst, src)
+            else:
+                src.add_into(dst)
+
         for m, h in histograms.items():
             if m in self.current:
-                add_into(self.current[m], h)
+                add(self.current[m], h)
         self.current_counts.add(counts)
         for index, (hists, step_counts) in steps.items():
             step = self.steps[index] if 0 <= index < len(self.steps) else None
@@ -414,7 +423,7 @@ class Collector:
                 continue
             for m, h in hists.items():
                 if m in step.histograms:
-                    add_into(step.histograms[m], h)
+                    add(step.histograms[m], h)
             step.counts.add(step_counts)
         if first_send_ns is not None and (
             self.first_send_ns is None or first_send_ns < self.first_send_ns
