@@ -2,7 +2,8 @@
 
 Read once in the parent (never on the hot path); the request factory turns the prompts into
 whole request bodies up front. Every problem is a one-line `ConfigError` naming the file and,
-for JSONL, the line.
+for JSONL, the line. A file is read up to MAX_DATASET_BYTES (the ShareGPT dump is 0.7 GB),
+and JSON nested deeper than Python's parser goes is a bad line, not a RecursionError.
 """
 
 from __future__ import annotations
@@ -15,6 +16,29 @@ from typing import Any
 from llmtop.errors import ConfigError
 
 FORMATS = ("auto", "jsonl", "sharegpt")
+MAX_DATASET_BYTES = 2 << 30
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, refused (one line) past MAX_DATASET_BYTES, never read past it."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_DATASET_BYTES + 1)
+    if len(data) > MAX_DATASET_BYTES:
+        raise ConfigError(
+            f"{path}: more than {MAX_DATASET_BYTES >> 30} GB; llmtop reads datasets up to that "
+            "size: take a part of it"
+        )
+    return data.decode("utf-8")
+
+
+def _loads(text: str) -> Any:
+    """json.loads whose too-deep nesting is a JSONDecodeError like any other bad JSON."""
+    try:
+        return json.JSONDecoder().decode(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:100], 0) from None
+
+
 Prompt = tuple[str, int]  # (text, output tokens; 0 = the workload's output length)
 
 
@@ -33,7 +57,7 @@ def _read_jsonl(path: Path, text: str) -> list[Prompt]:
             continue
         where = f"{path}:{n}"
         try:
-            item = json.loads(line)
+            item = _loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{where}: not JSON ({exc.msg})") from None
         if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
@@ -83,7 +107,7 @@ def load_dataset(
     if fmt not in FORMATS:
         raise ConfigError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such dataset file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -92,7 +116,7 @@ def load_dataset(
         fmt = "sharegpt" if text.lstrip().startswith("[") else "jsonl"
     if fmt == "sharegpt":
         try:
-            data = json.loads(text)
+            data = _loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
         prompts = _read_sharegpt(path, data, tokens_per_char)
@@ -147,7 +171,7 @@ def load_conversations(
     if fmt not in FORMATS:
         raise ConfigError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such dataset file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -157,7 +181,7 @@ def load_conversations(
     convs: list[tuple[Turn, ...]] = []
     if fmt == "sharegpt":
         try:
-            data = json.loads(text)
+            data = _loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
         if not isinstance(data, list):
@@ -172,7 +196,7 @@ def load_conversations(
                 continue
             where = f"{path}:{n}"
             try:
-                item = json.loads(line)
+                item = _loads(line)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{where}: not JSON ({exc.msg})") from None
             if not isinstance(item, dict):

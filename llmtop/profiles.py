@@ -46,8 +46,8 @@ def _float(minimum: float, strict: bool) -> Check:
     def conv(v: Any) -> float:
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError
-        if (v <= minimum if strict else v < minimum) or math.isnan(v):
-            raise ValueError
+        if (v <= minimum if strict else v < minimum) or not math.isfinite(v):
+            raise ValueError  # TOML's inf and nan included: only a rate may be infinite
         return float(v)
 
     return conv, f"a number {'>' if strict else '>='} {minimum:g}"
@@ -55,6 +55,8 @@ def _float(minimum: float, strict: bool) -> Check:
 
 def _rate(v: Any) -> float:
     if isinstance(v, str) and v.strip().lower() in ("inf", "infinity", "max"):
+        return math.inf
+    if isinstance(v, float) and v == math.inf:  # TOML's bare inf
         return math.inf
     return _float(0, True)[0](v)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from llmtop.cli.limits import check_limits
 from llmtop.cli.options import (
     RateType,
     RunOptions,
@@ -100,6 +101,8 @@ def _percent(value: str) -> float:
 def knee_command(**o: Any) -> None:
     """Ramp the load until the SLO breaks, then bisect to the knee (headless)."""
     from llmtop.knee.runner import run_knee
+
+    check_limits(o)  # before the plan is built from them
 
     slo = parse_slo(o["slo"])
     if not slo:

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from llmtop.cli import workloads as wl
+from llmtop.cli.limits import check_limits
 from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, TraceRow, Workload
 from llmtop.errors import ConfigError
 from llmtop.profiles import LENGTH_ALLOWED_CLI, Profile, load_profile, parse_length
@@ -505,6 +506,7 @@ class RunOptions:
         ConfigError naming the flags; a flag made meaningless by another becomes a note.
         `launched`: the engine is started by `llmtop launch`, so no simulator is checked.
         """
+        check_limits(params)  # every number finite and in range (llmtop.cli.limits)
         names = {f.name for f in dataclasses.fields(cls)} - {"notes", "prompts", *_LOADED}
         o = {k: v for k, v in params.items() if k in names}
         o["url"] = o.get("url") or ""

@@ -25,6 +25,7 @@ from llmtop.load.trace import offsets_ns
 from llmtop.metrics import records
 
 SHIP_INTERVAL_S = 0.1
+DUE_PER_WAKE = 1024  # sends per pacer wake-up; a burst beyond it goes on next loop turn
 SWEEP_INTERVAL_S = 0.25
 GC_INTERVAL_S = 10.0
 # Closed loop: after a connect failure a slot waits before its next try, 10 ms doubling with
@@ -188,10 +189,12 @@ class LoadDriver:
         if self.stopping:
             return
         now = time.perf_counter_ns()
-        limit = 1_000_000
+        # At most DUE_PER_WAKE sends per wake-up: at `--request-rate inf` (every request due
+        # at once) the rest follow on the next loop turns, with their intended times kept.
+        limit = DUE_PER_WAKE
         n_max = self.cfg.plan.num_requests
         if n_max is not None:
-            limit = max(n_max - self.measured_sent, 0) + 1
+            limit = min(limit, max(n_max - self.measured_sent, 0) + 1)
         for intended in self.schedule.take_due(now, limit):
             if not self._admit(intended):
                 return
