@@ -31,6 +31,7 @@ from llmtop.metrics.collector import Collector
 from llmtop.metrics.figures import run_summary, window_figures
 from llmtop.metrics.intervals import IntervalRecorder, step_index_of
 from llmtop.metrics.prefix import server_prefix_cache
+from llmtop.metrics.serverside import gpu_summary, server_latency
 from llmtop.metrics.telemetry import SeriesPoint, Telemetry
 from llmtop.slo import Slo
 
@@ -271,6 +272,16 @@ class LoadSession:
             "kernel": self.status.kernel_stamps if self.status else 0,
             "user": self.status.user_stamps if self.status else 0,
         }
+        # the server's own view (issue 15): its latency histograms and GPU telemetry
+        col = self.collector
+        begin_ns = col.measure_from_ns or self.start_ns or None
+        out["server_latency"] = server_latency(self.server_series, begin_ns)
+        out["gpu"] = gpu_summary(
+            self.server_series,
+            col.measure_from_ns or col.first_send_ns,
+            col.last_end_ns,
+            col.counts.output_tokens,
+        )
         # beside the client's cached_prompt_tokens: the server's prefix-cache hit rate
         out["server_prefix_cache"] = server_prefix_cache(self.server_series)
         return out

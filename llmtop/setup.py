@@ -91,13 +91,29 @@ class PreparedRun:
     extra: dict[str, Any]  # what every JSON / snapshot carries about the target and plan
     notes: tuple[str, ...]
     engine: EngineInfo
+    gpu_metrics: str | None = None  # --gpu-metrics: "local" (NVML) or a dcgm-exporter URL
 
     def new_poller(self, on_problem: Echo | None = None) -> MetricsPoller:
-        """The server's own metrics at ~1 Hz, in a thread of this (parent) process."""
+        """The server's own metrics at ~1 Hz, in a thread of this (parent) process; GPU
+        telemetry read beside each scrape when --gpu-metrics asks for it."""
         from llmtop.engines.poller import MetricsPoller
 
+        gpu = None
+        if self.gpu_metrics:
+            from llmtop.engines.gpu import check_source, open_source
+
+            gpu = open_source(self.gpu_metrics)  # ConfigError: one line, before any load
+            problem = check_source(gpu)
+            if problem is not None:
+                gpu = None
+                if on_problem is not None:
+                    on_problem(problem + "; the load goes on without them")
         return MetricsPoller.for_engine(
-            self.engine, self.config.target.auth_headers(), on_problem=on_problem
+            self.engine,
+            self.config.target.auth_headers(),
+            on_problem=on_problem,
+            gpu=gpu,
+            window_s=self.config.window_s,
         )
 
     def start_poller(self, on_problem: Echo | None = None) -> MetricsPoller:
@@ -117,6 +133,7 @@ def prepare(
     sim: SimChoice | None = None,
     profile: Profile | None = None,
     echo: Echo = lambda m: None,
+    gpu_metrics: str | None = None,
 ) -> Iterator[PreparedRun]:
     """Start the simulator if there is no URL, preflight, detect the engine once; yield."""
     from llmtop.engines.detect import detect_engine
@@ -161,4 +178,4 @@ def prepare(
             extra["profile"] = profile.public()
             if profile.engine:
                 extra["engine_config"] = profile.engine
-        yield PreparedRun(config, extra, notes, engine)
+        yield PreparedRun(config, extra, notes, engine, gpu_metrics)

@@ -211,6 +211,7 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
           -- facebook/opt-125m --max-model-len 2048
       llmtop launch vllm --profile llama3-8b-tpot-20ms -- --max-model-len 4096
     """
+    from llmtop.engines.gpu import launch_default
     from llmtop.engines.sweep import run_sweep, sweep_points
 
     engine = o["engine"]
@@ -241,6 +242,7 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
         progress=progress,
         echo=lambda m: click.echo(m, err=True),
         profile=opts.profile,
+        gpu_metrics=launch_default(opts.gpu_metrics),  # the engine runs here: NVML if it works
     )
     click.echo(f"llmtop: snapshots and comparison.json in {result.out_dir}", err=True)
     if result.failed:

@@ -18,6 +18,7 @@ import click
 
 from llmtop.cli import workloads as wl
 from llmtop.cli.limits import check_limits
+from llmtop.cli.observe import gpu_metrics_option
 from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, TraceRow, Workload
 from llmtop.errors import ConfigError
 from llmtop.profiles import LENGTH_ALLOWED_CLI, Profile, load_profile, parse_length
@@ -166,6 +167,7 @@ target_options = _apply(
             help="Seconds a stream may stay silent.",
         ),
         click.option("--connect-timeout", type=float, default=10.0, show_default=True),
+        gpu_metrics_option,
     ]
 )
 
@@ -480,6 +482,7 @@ class RunOptions:
     profile: Profile | None = None
     notes: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     prompts: tuple[tuple[str, int], ...] = dataclasses.field(default=(), repr=False)
+    gpu_metrics: str | None = None  # issue 15: "local" (NVML) or a dcgm-exporter URL
     # production-like workloads (llmtop.cli.workloads)
     turns: int = 1
     think_time: str = "0"
@@ -726,4 +729,4 @@ def prepared(opts: RunOptions, config: RunConfig | None = None) -> Iterator[Prep
     with prepare(config or opts.config(), opts.sim(), opts.profile, echo_err) as prep:
         if opts.notes:
             prep.extra["notes"] = [*opts.notes, *prep.extra.get("notes", [])]
-        yield prep
+        yield dataclasses.replace(prep, gpu_metrics=opts.gpu_metrics)  # --gpu-metrics

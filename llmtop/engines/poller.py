@@ -41,6 +41,7 @@ from llmtop.engines.detect import (
     EngineInfo,
 )
 from llmtop.engines.http import SideRequestError, request
+from llmtop.engines.server_latency import LatencyWindow, parse_histograms
 from llmtop.errors import describe_exception, redact
 
 FIELDS = (
@@ -314,8 +315,13 @@ class MetricsPoller:
         max_bytes: int = MAX_METRICS_BYTES,
         on_problem: Callable[[str], None] | None = None,
         clock: Callable[[], int] = time.perf_counter_ns,
+        gpu: Any = None,
+        window_s: float = 10.0,
     ) -> None:
         self.url = url
+        # issue 15: the server's latency histograms per scrape, and GPU telemetry beside them
+        self.gpu = gpu  # engines.gpu source (DCGM or NVML), read once per scrape
+        self.latency = LatencyWindow(window_s)
         self.kind = kind
         self.engine = engine
         self.headers = dict(headers or {})
@@ -339,7 +345,8 @@ class MetricsPoller:
         self._failures = 0
         self._json_seen = False
         self._json_empty = 0
-        if url is None:
+        self.gpu_errors = 0
+        if url is None and gpu is None:
             self._give_up(f"no metrics endpoint is known for {engine or 'this server'}")
 
     @classmethod
@@ -351,7 +358,7 @@ class MetricsPoller:
 
     # -- public API ----------------------------------------------------------------------
     def start(self) -> MetricsPoller:
-        if self._thread is None and not self.given_up:
+        if self._thread is None and (not self.given_up or self.gpu is not None):
             self._thread = threading.Thread(target=self._run, name="llmtop-metrics", daemon=True)
             self._thread.start()
         return self
@@ -398,7 +405,7 @@ class MetricsPoller:
     def poll_once(self) -> dict[str, Any] | None:
         """Scrape once; the new sample, or None (a failure, counted; maybe the last straw)."""
         if self.given_up or self.url is None:
-            return None
+            return self._gpu_only() if self.gpu is not None else None
         t0 = self.clock()
         started = time.monotonic()
         unreachable = ""
@@ -421,20 +428,51 @@ class MetricsPoller:
                 sample = self._json(reply.body, t_ns)
             else:
                 text = reply.body.decode("utf-8", "replace")
-                values = prometheus_values(parse_prometheus(text))
+                parsed = parse_prometheus(text)
+                values = prometheus_values(parsed)
                 sample = prometheus_sample(values, self._prev_values, t_ns, self._prev_t)
                 self._prev_values = values
+                hists = parse_histograms(parsed)
+                if hists:
+                    sample["histograms"] = hists
+                    sample["server_latency"] = self.latency.add(t_ns, hists)
         except MetricsError as exc:
             self._failed(str(exc))
-            return None
+            return self._gpu_only() if self.gpu is not None else None
         except Exception as exc:  # types a server should not send: a failed read, not a crash
             self._failed(f"unreadable answer from {redact(self.url)}: {describe_exception(exc)}")
-            return None
+            return self._gpu_only() if self.gpu is not None else None
         finally:
             self._pace(time.monotonic() - started)
         self._prev_t = t_ns
         self._ok += 1
         self._failures = 0
+        self._add_gpu(sample)
+        with self._lock:
+            self._samples.append(sample)
+        self._latest = sample
+        return sample
+
+    def _add_gpu(self, sample: dict[str, Any]) -> None:
+        """The GPU read beside this scrape (a failed read is said once and skipped)."""
+        if self.gpu is None:
+            return
+        try:
+            sample["gpu"] = self.gpu.read()
+        except Exception as exc:  # GpuError or a driver's: the scrape keeps its server part
+            self.gpu_errors += 1
+            if self.gpu_errors == 1 and self.on_problem is not None:
+                try:
+                    self.on_problem(f"GPU metrics read failed: {describe_exception(exc)}")
+                except Exception:
+                    pass
+
+    def _gpu_only(self) -> dict[str, Any] | None:
+        """A sample with GPU telemetry alone (the server's own metrics are not there)."""
+        sample: dict[str, Any] = {"t_ns": self.clock(), **dict.fromkeys(FIELDS), "raw": {}}
+        self._add_gpu(sample)
+        if "gpu" not in sample:
+            return None
         with self._lock:
             self._samples.append(sample)
         self._latest = sample
@@ -466,7 +504,8 @@ class MetricsPoller:
     def _give_up(self, message: str) -> None:
         self.given_up = True
         self._warn(message + "; the load goes on without them")
-        self._stop.set()
+        if self.gpu is None:
+            self._stop.set()
 
     def _warn(self, message: str) -> None:
         if self.problem is None:

@@ -276,6 +276,7 @@ def run_sweep(
     echo: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     out: TextIO | None = None,
     profile: Profile | None = None,
+    gpu_metrics: str | None = None,  # --gpu-metrics ("local" by default where NVML works)
 ) -> SweepResult:
     """For each point: start the engine, detect it, load it, snapshot it, stop it."""
 
@@ -316,7 +317,9 @@ def run_sweep(
                 )
                 target = dataclasses.replace(config.target, url=proc.url)
                 point_config = dataclasses.replace(config, target=target)
-                with prepare(point_config, profile=profile, echo=echo) as prep:
+                with prepare(
+                    point_config, profile=profile, echo=echo, gpu_metrics=gpu_metrics
+                ) as prep:
                     poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
                     try:
                         session, interrupted = drive_session(

@@ -12,6 +12,7 @@ from llmtop.errors import LlmtopError
 from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.output.jsonfile import dumps, write_json_atomic
+from llmtop.output.observe import observe_lines
 from llmtop.output.workers import client_bound_part, worker_lines
 from llmtop.output.workloads import cache_lines, turn_lines
 
@@ -183,6 +184,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         lines.append(f"{label:<11}{cells}   {definition}")
     lines.append("(* from the intended send time: includes any client-side delay)")
     lines.extend(turn_lines(summary))
+    lines.extend(observe_lines(summary))  # the server's own latency split, GPU energy
     if summary.get("notes"):
         lines.extend(f"note: {n}" for n in summary["notes"])
     stamps = summary.get("receive_stamps") or {}
