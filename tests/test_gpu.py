@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -210,3 +211,47 @@ def test_local_without_nvml_is_a_one_line_error(fault_server: FaultServer) -> No
         pytest.skip("this host has a GPU that NVML sees")
     r = run_cli("run", "--url", fault_server.url, "--gpu-metrics", "local", *FAST)
     assert_one_line_error(r, "--gpu-metrics local")
+
+
+def test_ui_gpu_panel_shows_each_gpu_and_the_total(fault_server: FaultServer) -> None:
+    """The GPU panel appears when the samples carry GPU telemetry: one line a GPU, a total."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from llmtop.cli.options import prepared
+    from llmtop.session import LoadSession
+    from llmtop.tui.app import create_app
+    from llmtop.tui.model import RunInfo
+    from llmtop.tui.widgets.gpu_panel import GpuPanel
+    from llmtop.tui.worker import SessionDriver
+    from tests.test_tui import SLO, options, wait_for
+
+    async def scenario(app: Any, driver: SessionDriver) -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            panel = app.main.query_one(GpuPanel)
+            await wait_for(pilot, lambda: bool(panel.display and panel.server), timeout=20)
+            console = Console(width=60, record=True, file=io.StringIO())
+            console.print(panel.render())
+            text = console.export_text()
+            assert "gpu 0" in text and "gpu 1" in text and "all 2" in text, text
+            assert "150 W" in text and "300 W" in text and "80%" in text, text
+            assert panel.border_title == "gpu (dcgm)"
+            await pilot.press("q")
+            await wait_for(pilot, lambda: driver.done.is_set(), timeout=20)
+
+    with StandInDcgm() as dcgm:
+        opts = options(fault_server.url, gpu_metrics=dcgm.url)
+        with prepared(opts) as prep:
+            poller = prep.start_poller()
+            info = RunInfo.from_extra(prep.extra, prep.config.plan, SLO, rate_step=0.1)
+            driver = SessionDriver(
+                lambda: LoadSession(prep.config, SLO, interval_s=0.1, server_sample=poller.latest),
+                prep.extra,
+            )
+            driver.start()
+            try:
+                asyncio.run(scenario(create_app(info, driver), driver))
+            finally:
+                poller.stop()
