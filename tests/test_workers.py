@@ -466,3 +466,41 @@ def test_a_rate_change_reaches_every_worker_at_the_same_point_of_the_schedule(
     s = session.summary()
     assert all(w["late_controls"] == 0 for w in s["workers"])
     assert sum(w["completed"] for w in s["workers"]) == s["completed"] == len(expected)
+
+
+def test_run_workers_writes_every_worker_into_the_json(scripted: Any, tmp_path: Any) -> None:
+    from tests.conftest import run_cli
+
+    out = tmp_path / "r.json"
+    res = run_cli(
+        "run", "--url", scripted.url, "--request-rate", "30", "--num-requests", "40",
+        "--input-len", "8", "--output-len", "6", "--workers", "2", "--no-progress",
+        json_path=out,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    d = res.data
+    assert d["completed"] == 40 and d["config"]["plan"]["workers"] == 2
+    assert [w["id"] for w in d["workers"]] == [0, 1]
+    for w in d["workers"]:
+        assert {"id", "node", "completed", "failed", "cpu_s", "send_slip_ms", "loop_lag_ms"} <= set(
+            w
+        )
+    assert sum(w["completed"] for w in d["workers"]) == 40
+    assert "client_saturation" in d and d["workers_lost"] == [] and d["ray"] is None
+    assert "workers     2 on 1 node (this host)" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--workers", "many"], "give a number of workers"),
+        (["--ray", "nohost"], "expected auto, host:port or ray://host:port"),
+        (["--ray", "127.0.0.1:1"], "nothing answers there"),
+    ],
+)
+def test_bad_scale_flags_are_one_line_errors(scripted: Any, flags: list[str], needle: str) -> None:
+    from tests.conftest import assert_one_line_error, run_cli
+
+    res = run_cli("run", "--url", scripted.url, "--num-requests", "3", *flags, timeout=60)
+    assert_one_line_error(res, needle)

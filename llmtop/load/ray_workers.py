@@ -66,6 +66,22 @@ def _address(text: str) -> str:
     return "auto" if text.strip() == "auto" else text.strip()
 
 
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """A `host:port` or `ray://host:port` that nothing answers is one line now, not minutes
+    of Ray retrying to reach a cluster that is not there."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"--ray {address}: nothing answers there (is the cluster up? `ray start --head` "
+            "prints the address)"
+        ) from None
+
+
 class NodeAgent:
     """The worker's parent on its node (a Ray actor, made with `ray.remote` at run time)."""
 
@@ -267,10 +283,14 @@ class RayWorkerGroup(GroupBase):
         ray = _ray()
         try:
             if not ray.is_initialized():
+                check_reachable(self.address)
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
                 self._connected_here = True
+        except ConfigError:
+            raise
         except Exception as exc:  # ConnectionError, ValueError...: one line, not a traceback
-            raise ConfigError(f"--ray {self.address}: cannot connect: {exc}") from None
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"--ray {self.address}: cannot connect: {text}") from None
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
