@@ -22,6 +22,7 @@ KEYS = (
     ("r", "reset the sliding window (gauges show only what comes next)"),
     ("s", "save a snapshot now (the path appears in the event log)"),
     ("a", "find the knee automatically (when available)"),
+    ("p", "percentile spectrum, client beside server (p again: the charts)"),
     ("?", "this help"),
     ("q / Ctrl-C", "stop the load and quit; what was measured is kept"),
 )
