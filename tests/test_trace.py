@@ -71,7 +71,18 @@ def test_trace_schedule_refuses_bad_input() -> None:
         TraceSchedule([10, 0])
     s = TraceSchedule([0, 10])
     with pytest.raises(ValueError):
-        s.set_rate(0, float("inf"))
+        s.set_rate(0, -1.0)
+
+
+def test_trace_rate_zero_holds_and_inf_sends_the_rest_at_once() -> None:
+    offs = [0, 100 * MS, 200 * MS, 300 * MS]
+    s = TraceSchedule(offs)
+    s.start(0)
+    s.take_due(0)
+    s.set_rate(50 * MS, 0.0)  # held where it is
+    assert s.next_due_ns() is None and s.take_due(10**12) == []
+    s.set_rate(1000 * MS, float("inf"))  # the rest, at once
+    assert s.take_due(1000 * MS) == [1000 * MS] * 3 and s.exhausted
 
 
 # -- the file -------------------------------------------------------------------------------------
@@ -234,3 +245,14 @@ def test_trace_conflicts_are_one_line_errors(tmp_path: Path, args: list[str], ne
     path = _write(tmp_path / "t.jsonl", synthetic_trace(3, 10.0))
     r = run_cli("run", "--url", "http://127.0.0.1:9", "--trace", str(path), *args)
     assert_one_line_error(r, needle)
+
+
+def test_a_rate_change_while_paused_does_not_resume() -> None:
+    s = TraceSchedule([0, 100 * MS, 200 * MS])
+    s.start(0)
+    s.take_due(0)
+    s.pause()
+    s.set_rate(10 * MS, 40.0)
+    assert s.next_due_ns() is None
+    s.resume(500 * MS)  # the gap to the next request, at the new speed (4×)
+    assert s.next_due_ns() == 500 * MS + 25 * MS

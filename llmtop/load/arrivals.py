@@ -98,6 +98,9 @@ class ArrivalSchedule:
         return due
 
 
+MAX_SPEED = 1e9  # an infinite rate: the rest of the trace is due at once
+
+
 class TraceSchedule:
     """Intended send times read from a trace (offsets from its first request), replayed once.
 
@@ -122,11 +125,12 @@ class TraceSchedule:
         self._wall0 = 0  # wall time at which the trace stood at `_trace0`
         self._trace0 = 0
         self._paused = False
+        self._held = False  # rate 0: nothing due until a rate > 0
         self._started = False
 
     @property
     def rate(self) -> float:
-        return self._base_rate * self._speed
+        return 0.0 if self._held else self._base_rate * self._speed
 
     @property
     def speed(self) -> float:
@@ -154,14 +158,25 @@ class TraceSchedule:
         self._trace0 = self._offsets[0] if self._offsets else 0
 
     def set_rate(self, now_ns: int, rate: float) -> None:
+        """A new pace from now: `rate` / the trace's mean rate is the new speed.
+
+        Rate 0 holds the trace where it is (as a pause does); an infinite rate sends the rest
+        of the trace at once (as `--request-rate inf` does).
+        """
         if rate < 0 or math.isnan(rate):
             raise ValueError("rate must be >= 0")
-        if rate == 0 or math.isinf(rate):
-            raise ValueError("a trace is replayed at a finite rate > 0 (it sets the speed)")
-        if self._started and not self._paused:
+        running = self._started and not self._paused and not self._held
+        if running:
             self._trace0 = self._trace_at(now_ns)
             self._wall0 = now_ns
-        self._speed = rate / self._base_rate
+        if rate == 0:
+            self._held = True
+            return
+        self._speed = min(rate / self._base_rate, MAX_SPEED)
+        if self._held:
+            self._held = False
+            if self._started and not self._paused:
+                self._pick_up(now_ns)
 
     def pause(self) -> None:
         self._paused = True
@@ -170,20 +185,24 @@ class TraceSchedule:
         if not self._paused:
             return
         self._paused = False
-        if self._started:
-            i = self._i
-            self._trace0 = self._offsets[i - 1] if 0 < i <= len(self._offsets) else self._trace0
-            self._wall0 = now_ns
+        if self._started and not self._held:
+            self._pick_up(now_ns)
+
+    def _pick_up(self, now_ns: int) -> None:
+        """Go on from the last request handed out, the gap to the next kept (at the speed)."""
+        i = self._i
+        self._trace0 = self._offsets[i - 1] if 0 < i <= len(self._offsets) else self._trace0
+        self._wall0 = now_ns
 
     def next_due_ns(self) -> int | None:
         """When the next request is due; None while paused or once the trace is done."""
-        if self._paused or not self._started or self.exhausted:
+        if self._paused or self._held or not self._started or self.exhausted:
             return None
         return self._wall(self._offsets[self._i])
 
     def take_due(self, now_ns: int, limit: int = 1_000_000) -> list[int]:
         """Intended send times of every trace request due by `now_ns` (in trace order)."""
-        if self._paused or not self._started:
+        if self._paused or self._held or not self._started:
             return []
         due: list[int] = []
         offsets, i, n = self._offsets, self._i, len(self._offsets)
