@@ -362,3 +362,17 @@ def test_sim_prefix_groups_cache_what_they_share(tmp_path: Path) -> None:
     server = d["server_prefix_cache"]
     assert server is not None and abs(server["hit_rate"] - expected) <= 0.05
     assert "prompt tokens cached" in r.stdout
+
+
+def test_server_prefix_cache_from_counters_or_a_gauge() -> None:
+    from llmtop.metrics.prefix import server_prefix_cache
+
+    def s(h: float, q: float) -> dict[str, Any]:
+        return {"raw": {"vllm:prefix_cache_hits_total": h, "vllm:prefix_cache_queries_total": q}}
+
+    got = server_prefix_cache([s(100, 1000), s(150, 1100), s(400, 1600)])
+    assert got == {"hit_rate": 0.5, "hit_tokens": 300, "query_tokens": 600, "source": "counters"}
+    assert server_prefix_cache([s(100, 1000), s(5, 10)]) is None  # the server restarted
+    gauge = server_prefix_cache([{"prefix_cache_hit_rate": 0.2}, {"prefix_cache_hit_rate": 0.4}])
+    assert gauge is not None and gauge["hit_rate"] == pytest.approx(0.3)
+    assert server_prefix_cache([{"raw": {}}, {"prefix_cache_hit_rate": None}]) is None

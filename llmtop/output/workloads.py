@@ -19,7 +19,7 @@ def cache_lines(summary: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     cached = summary.get("cached_prompt_tokens")
     server = summary.get("server_prefix_cache") or {}
-    if cached is not None or server.get("query_tokens"):
+    if cached is not None or server.get("hit_rate") is not None:
         text = "cache       "
         if cached is not None:
             text += (
@@ -28,7 +28,7 @@ def cache_lines(summary: dict[str, Any]) -> list[str]:
             )
         else:
             text += "usage gave no cached_tokens (vLLM: --enable-prompt-tokens-details)"
-        if server.get("query_tokens"):
+        if server.get("hit_rate") is not None:
             text += f"   server hit rate {_pct(server.get('hit_rate'))} (its /metrics)"
         lines.append(text)
     if summary.get("reasoning_tokens"):
