@@ -117,6 +117,47 @@ def test_parse_sums_label_sets_and_reads_the_older_itl_name() -> None:
     assert h["itl"]["cum"] == [7.0, 8.0]
 
 
+SGLANG_PAGE = """# TYPE sglang:time_to_first_token_seconds histogram
+sglang:time_to_first_token_seconds_bucket{le="0.04",model_name="m"} 1.0
+sglang:time_to_first_token_seconds_bucket{le="0.06",model_name="m"} 3.0
+sglang:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 3.0
+sglang:time_to_first_token_seconds_sum{model_name="m"} 0.13
+sglang:time_to_first_token_seconds_count{model_name="m"} 3.0
+# TYPE sglang:queue_time_seconds histogram
+sglang:queue_time_seconds_bucket{le="0.0",model_name="m"} 0.0
+sglang:queue_time_seconds_bucket{le="0.1",model_name="m"} 3.0
+sglang:queue_time_seconds_bucket{le="+Inf",model_name="m"} 3.0
+sglang:queue_time_seconds_sum{model_name="m"} 0.01
+sglang:queue_time_seconds_count{model_name="m"} 3.0
+"""
+TRTLLM_PAGE = """# TYPE trtllm_e2e_request_latency_seconds histogram
+trtllm_e2e_request_latency_seconds_bucket{le="0.5",model_name="m",engine_type="trtllm"} 2.0
+trtllm_e2e_request_latency_seconds_bucket{le="+Inf",model_name="m",engine_type="trtllm"} 2.0
+trtllm_e2e_request_latency_seconds_sum{model_name="m",engine_type="trtllm"} 0.6
+trtllm_e2e_request_latency_seconds_count{model_name="m",engine_type="trtllm"} 2.0
+# TYPE trtllm_request_queue_time_seconds histogram
+trtllm_request_queue_time_seconds_bucket{le="0.01",model_name="m",engine_type="trtllm"} 2.0
+trtllm_request_queue_time_seconds_bucket{le="+Inf",model_name="m",engine_type="trtllm"} 2.0
+trtllm_request_queue_time_seconds_sum{model_name="m",engine_type="trtllm"} 0.002
+trtllm_request_queue_time_seconds_count{model_name="m",engine_type="trtllm"} 2.0
+"""
+
+
+def test_sglang_and_trtllm_names_read_and_what_they_lack_stays_none() -> None:
+    sg = parse_histograms(parse_prometheus(SGLANG_PAGE))
+    assert set(sg) == {"ttft", "queue"}
+    assert sg["queue"]["source"] == "sglang:queue_time_seconds"
+    tr = parse_histograms(parse_prometheus(TRTLLM_PAGE))
+    assert set(tr) == {"e2el", "queue"}
+    run = server_latency([{"t_ns": 0, "histograms": sg}])
+    assert run is not None and run["ttft_ms"]["count"] == 3
+    assert 40.0 <= run["ttft_ms"]["p50"] <= 60.0
+    assert run["prefill_ms"] is None and run["decode_ms"] is None and run["itl_ms"] is None
+    t = server_latency([{"t_ns": 0, "histograms": tr}])
+    assert t is not None and t["queue_ms"]["mean"] == pytest.approx(1.0)
+    assert t["queue_ms"]["p99"] <= 10.0 and t["ttft_ms"] is None
+
+
 def test_every_engine_name_is_a_histogram_name() -> None:
     for key, names in HISTOGRAMS.items():
         assert names and all(n.endswith("_seconds") for n in names), key
@@ -248,5 +289,10 @@ def test_ui_spectrum_shows_client_and_server_side_by_side() -> None:
             driver.start()
             try:
                 asyncio.run(scenario(create_app(info, driver), driver))
+                # the live view has the window figures; the kept series only the histograms
+                assert "server_latency" in (poller.latest() or {})
+                kept = poller.samples()
+                assert kept and all("server_latency" not in x for x in kept)
+                assert all("histograms" in x for x in kept[1:])
             finally:
                 poller.stop()

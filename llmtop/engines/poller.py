@@ -448,8 +448,11 @@ class MetricsPoller:
         self._ok += 1
         self._failures = 0
         self._add_gpu(sample)
+        # the series keeps the histograms (a run's figures come from them); the window
+        # figures are for the live view only, and would double a snapshot's size
+        kept = {k: v for k, v in sample.items() if k != "server_latency"}
         with self._lock:
-            self._samples.append(sample)
+            self._samples.append(kept)
         self._latest = sample
         return sample
 
