@@ -9,6 +9,10 @@ server's running/waiting line up with the client's TTFT in time):
      "prefix_cache_hit_rate" (0..1, over the last interval), "generation_tps", "prompt_tps"
      (tokens/s from counter deltas between two scrapes), "raw": {source name: value}}
 
+Beside them (issue 15, docs/observability.md): "histograms" (the engine's latency
+histograms, `engines.server_latency`), "server_latency" (their figures over the window, in
+`latest()` only) and "gpu" (a GPU read, `engines.gpu`, when --gpu-metrics asks for it).
+
 A value the engine does not expose is None. Prometheus text is parsed with
 prometheus_client's parser; trtllm-serve's JSON iteration stats (emptied on each read) are
 summed over the interval. A missing or unreadable endpoint gives one warning

@@ -2,10 +2,11 @@
 
 Names, per engine (checked in each engine's source):
 
-- vLLM (V1, vllm/v1/metrics/loggers.py; 0.10 - 0.32): `vllm:time_to_first_token_seconds`,
-  `vllm:inter_token_latency_seconds` (before 0.11 `vllm:time_per_output_token_seconds`, the
-  same per-token gaps), `vllm:e2e_request_latency_seconds`, `vllm:request_queue_time_seconds`,
-  `vllm:request_prefill_time_seconds`, `vllm:request_decode_time_seconds`.
+- vLLM V1 (vllm/v1/metrics/loggers.py, checked in 0.32): `vllm:time_to_first_token_seconds`,
+  `vllm:inter_token_latency_seconds` (older releases: `vllm:time_per_output_token_seconds`,
+  the same per-token gaps; some exported both), `vllm:e2e_request_latency_seconds`,
+  `vllm:request_queue_time_seconds`, `vllm:request_prefill_time_seconds`,
+  `vllm:request_decode_time_seconds`.
 - SGLang (python/sglang/srt/metrics/collector.py): `sglang:time_to_first_token_seconds`,
   `sglang:inter_token_latency_seconds` (older `sglang:time_per_output_token_seconds`),
   `sglang:e2e_request_latency_seconds`, `sglang:queue_time_seconds`. No prefill or decode
@@ -125,8 +126,6 @@ class LatencyWindow:
             out[f"{key}_ms"] = latency_figures(now, before.get(key)) if now else None
         out["window_s"] = (t_ns - self._kept[0][0]) / 1e9
         out["spectrum"] = {  # (quantile, ms) for the UI's percentile-spectrum view
-            key: spectrum_ms(hists[key], before.get(key))
-            for key in SPECTRUM_KEYS
-            if key in hists
+            key: spectrum_ms(hists[key], before.get(key)) for key in SPECTRUM_KEYS if key in hists
         }
         return out
