@@ -19,6 +19,7 @@ import click
 from llmtop.cli import workloads as wl
 from llmtop.cli.limits import check_limits
 from llmtop.cli.observe import gpu_metrics_option
+from llmtop.cli.scale import check_ray_address, scale_options
 from llmtop.config import LengthDist, LoadPlan, RunConfig, Target, Timeouts, TraceRow, Workload
 from llmtop.errors import ConfigError
 from llmtop.profiles import LENGTH_ALLOWED_CLI, Profile, load_profile, parse_length
@@ -273,57 +274,6 @@ def make_load_options(
             scale_options,
         ]
     )
-
-
-# -- scale-out (issue 13, docs/scale.md): how many load processes, and where ---------------------
-class WorkersType(click.ParamType):
-    """`--workers N` (N >= 1) or `auto` (this machine's free cores minus one)."""
-
-    name = "N|auto"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            from llmtop.load.workers import auto_workers
-
-            return auto_workers()
-        try:
-            return int(text)
-        except ValueError:
-            self.fail(f"{value!r}: give a number of workers (e.g. 4) or 'auto'", param, ctx)
-
-
-scale_options = _apply(
-    [
-        click.option(
-            "--workers",
-            type=WorkersType(),
-            default="1",
-            show_default=True,
-            help="Load processes to split the load over (auto: free cores minus one); with "
-            "--ray, Ray actors spread over the cluster's nodes.",
-        ),
-        click.option(
-            "--ray",
-            "ray",
-            metavar="ADDRESS",
-            help="Run the workers as Ray actors on a cluster: auto, host:port or ray://host:port "
-            "(pip install 'llmtop[ray]').",
-        ),
-    ]
-)
-
-
-def check_ray_address(address: str) -> None:
-    """`--ray` must name a cluster the way `ray.init(address=...)` takes it."""
-    text = address.strip()
-    if text == "auto" or text.startswith("ray://"):
-        return
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"--ray {address!r}: expected auto, host:port or ray://host:port")
 
 
 load_options = make_load_options()

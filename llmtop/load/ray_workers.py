@@ -32,6 +32,7 @@ import numpy as np
 from llmtop.config import RunConfig
 from llmtop.errors import ConfigError
 from llmtop.load import channel as ch
+from llmtop.load.group import SCHEDULE_CONTROLS, GroupBase, WorkerLost, process_death
 from llmtop.load.hook import WorkerHook
 from llmtop.load.process import LoadProcess
 from llmtop.load.remote import DeltaCollector, HistogramsShipped
@@ -45,7 +46,6 @@ from llmtop.load.share import (
     worker_config,
     worker_share,
 )
-from llmtop.load.workers import SCHEDULE_CONTROLS, GroupBase, WorkerLost, process_death
 
 BARRIER_S = 1.0  # the start instant, this far ahead of the moment it is chosen
 CONTROL_MARGIN_S = 0.25  # rate changes take effect this far ahead on every node
