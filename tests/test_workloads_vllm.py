@@ -61,9 +61,11 @@ def test_three_turns_hit_the_prefix_cache_and_totals_match_the_server() -> None:
     assert {k: v["completed"] for k, v in by_turn.items()} == {"1": 4, "2": 4, "3": 4}
     assert by_turn["2"]["cached_prompt_tokens"] > 0
     assert by_turn["3"]["cached_prompt_tokens"] > 0
-    assert by_turn["3"]["prompt_tokens"] > by_turn["2"]["prompt_tokens"] > by_turn["1"][
-        "prompt_tokens"
-    ]
+    assert (
+        by_turn["3"]["prompt_tokens"]
+        > by_turn["2"]["prompt_tokens"]
+        > by_turn["1"]["prompt_tokens"]
+    )
     # llmtop's totals are the server's
     assert s["prompt_tokens"] == delta["vllm:prompt_tokens_total"]
     assert s["output_tokens"] == delta["vllm:generation_tokens_total"] == 12 * 24

@@ -49,9 +49,7 @@ def server_prefix_cache(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | N
 
 def _from_gauge(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Engines that give a hit rate, not counters (SGLang, trtllm): its mean over the run."""
-    rates = [
-        r for s in samples if isinstance(r := s.get("prefix_cache_hit_rate"), int | float)
-    ]
+    rates = [r for s in samples if isinstance(r := s.get("prefix_cache_hit_rate"), int | float)]
     if not rates:
         return None
     return {"hit_rate": sum(rates) / len(rates), "hit_tokens": None, "query_tokens": None,
