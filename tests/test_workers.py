@@ -462,9 +462,10 @@ def test_a_rate_change_reaches_every_worker_at_the_same_point_of_the_schedule(
     expected = ref.take_due(at - 1)
     ref.set_rate(at, 90.0)
     expected += ref.take_due(3 * S - 1)
-    assert sorted(r.intended_ns - t0 for r in records) == expected
     s = session.summary()
-    assert all(w["late_controls"] == 0 for w in s["workers"])
+    # a worker whose loop stalled past the 100 ms margin would say so here
+    assert [w["late_controls"] for w in s["workers"]] == [0, 0, 0]
+    assert sorted(r.intended_ns - t0 for r in records) == expected
     assert sum(w["completed"] for w in s["workers"]) == s["completed"] == len(expected)
 
 
