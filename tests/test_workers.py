@@ -505,3 +505,15 @@ def test_bad_scale_flags_are_one_line_errors(scripted: Any, flags: list[str], ne
 
     res = run_cli("run", "--url", scripted.url, "--num-requests", "3", *flags, timeout=60)
     assert_one_line_error(res, needle)
+
+
+def test_a_parent_that_falls_behind_its_workers_is_named() -> None:
+    book = WorkerBook(["h", "h"], cores_free=8)
+    for i in range(2):
+        book.status(i, 1 * S, 0.1, 10, 1, behind_ns=2 * MS)
+    assert not book.verdict(1 * S).bound
+    book.status(0, 2 * S, 0.3, 20, 1, behind_ns=2500 * MS)  # read 2.5 s after it was sent
+    v = book.verdict(2 * S)
+    assert v.bound and v.parent_behind and "2.5 s late" in v.message
+    assert "--ray ships histograms" in v.message
+    assert book.run_verdict().as_dict()["parent_behind"]

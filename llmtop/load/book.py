@@ -21,7 +21,17 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from llmtop.metrics import records
-from llmtop.metrics.hdr import add_into, clear, new_histogram, record_many, summarize
+from llmtop.metrics.hdr import (
+    CountsHistogram,
+    Histogram,
+    add_into,
+    clear,
+    counts_of,
+    new_histogram,
+    record_many,
+    summarize,
+    value_at_percentile_us,
+)
 from llmtop.metrics.records import RequestRecord
 from llmtop.metrics.telemetry import WorkerLine
 
@@ -33,14 +43,16 @@ LAG_FLOOR_MS = 2.0  # ... but only once it is at least this (below it is timer n
 LAG_LIMIT_MS = 10.0  # a loop this far behind is saturated whether or not it grows
 CPU_TARGET = 0.70  # what each worker should use after the fix (headroom for bursts)
 BUSY_HOST_CPU = 0.5  # late while using less than this: the host is busy, not the workers
+PARENT_BEHIND_MS = 1000.0  # the parent reads what workers shipped this late: it is the limit
 RECENT_S = 5.0  # the live guard looks at this many seconds
 MIN_SLIP_SAMPLES = 200  # p99 of fewer samples is just their maximum
 
 
-def _ms(h: HdrHistogram | None, p: float = 99.0) -> float | None:
+def _ms(h: Histogram | None, p: float = 99.0) -> float | None:
+    """A percentile in ms (numpy over the counters: the guard runs four times a second)."""
     if h is None or not h.get_total_count():
         return None
-    return h.get_value_at_percentile(p) / 1000
+    return value_at_percentile_us(h, p) / 1000
 
 
 def _summary(h: HdrHistogram) -> dict[str, Any]:
@@ -109,10 +121,12 @@ class WorkerAccount:
         return (c1 - c0) / dt if dt > 0.5 else None
 
     def live_slip_p99_ms(self) -> float | None:
-        h = new_histogram()
-        add_into(h, self.slip_before)
-        add_into(h, self.slip_now)
-        return _ms(h) if h.get_total_count() >= MIN_SLIP_SAMPLES else None
+        n = self.slip_before.get_total_count() + self.slip_now.get_total_count()
+        if n < MIN_SLIP_SAMPLES:
+            return None
+        both = CountsHistogram()
+        both.add_counts(counts_of(self.slip_before) + counts_of(self.slip_now), n)
+        return _ms(both)
 
     def lag_growing(self) -> bool:
         now, before = _ms(self.lag_now), _ms(self.lag_before)
@@ -171,12 +185,18 @@ class ClientVerdict:
     workers_needed: int = 0
     cores_free: int | None = None
     host_busy: bool = False  # late with idle workers: other processes hold this host's CPU
+    parent_behind: bool = False  # the parent's one collector cannot take the records
 
     @property
     def message(self) -> str:
         if not self.bound:
             return ""
-        if self.host_busy:
+        if self.parent_behind and not self.workers_needed > self.workers:
+            fix = (
+                "the parent's one collector is the limit (docs/scale.md): shorter runs of "
+                "smaller records will not help; --ray ships histograms instead of records"
+            )
+        elif self.host_busy:
             fix = (
                 "the workers themselves are mostly idle, so other processes on this host "
                 "delay them: more workers will not fix it; free the host or use --ray"
@@ -199,6 +219,7 @@ class ClientVerdict:
             "workers": self.workers,
             "workers_needed": self.workers_needed,
             "host_busy": self.host_busy,
+            "parent_behind": self.parent_behind,
             "message": self.message,
         }
 
@@ -217,6 +238,9 @@ class WorkerBook:
     def __init__(self, nodes: Sequence[str], cores_free: int | None = None) -> None:
         self.accounts = [WorkerAccount(i, node) for i, node in enumerate(nodes)]
         self.cores_free = cores_free
+        # how late the parent read the workers' statuses (same clock only): (now, ms)
+        self.behind: deque[tuple[int, float]] = deque(maxlen=64)
+        self.parent_fell_behind = False  # sticky, for the run's verdict
         self._ever: set[str] = set()  # guard reasons seen during the run (for the JSON)
 
     def __len__(self) -> int:
@@ -262,7 +286,20 @@ class WorkerBook:
         acc.cancelled += counts.get("cancelled", 0)
         acc.warmup += counts.get("warmup", 0)
 
-    def status(self, index: int, t_ns: int, cpu_s: float, sent: int, in_flight: int) -> None:
+    def status(
+        self,
+        index: int,
+        t_ns: int,
+        cpu_s: float,
+        sent: int,
+        in_flight: int,
+        behind_ns: int | None = None,
+    ) -> None:
+        """A worker's status, read at `t_ns`; `behind_ns`: how long after it was sent."""
+        if behind_ns is not None:
+            self.behind.append((t_ns, behind_ns / 1e6))
+            if behind_ns / 1e6 > PARENT_BEHIND_MS:
+                self.parent_fell_behind = True
         acc = self.accounts[index]
         acc.cpu_s = cpu_s
         acc.sent = sent
@@ -315,6 +352,13 @@ class WorkerBook:
                 reasons.append(f"worker {a.id} loop lag grew during the run")
             elif lag_now is not None and lag_now > LAG_LIMIT_MS:
                 reasons.append(f"worker {a.id} loop lag p99 {lag_now:.1f} ms")
+        recent = [ms for t, ms in self.behind if now_ns is None or now_ns - t <= RECENT_S * 1e9]
+        behind = (
+            max(recent, default=0.0) > PARENT_BEHIND_MS if live_view else self.parent_fell_behind
+        )
+        if behind:
+            worst = max((ms for _, ms in self.behind), default=0.0)
+            reasons.append(f"the parent read its workers' records up to {worst / 1e3:.1f} s late")
         bound = bool(reasons)
         live = len(self.live)
         known = [f for f in fracs if f is not None]
@@ -325,7 +369,8 @@ class WorkerBook:
             live,
             live if host_busy else workers_needed(fracs, live, bound),
             self.cores_free,
-            host_busy,
+            host_busy and not behind,
+            behind,
         )
 
     def verdict(self, now_ns: int) -> ClientVerdict:

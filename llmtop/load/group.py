@@ -96,6 +96,7 @@ class GroupBase:
         self.stop_sent = False
         self.concurrency = config.plan.concurrency or 0
         self._stopped_sent = False
+        self.same_clock = True  # workers' times are on this clock (not so over Ray)
 
     # -- membership -----------------------------------------------------------------------------
     @property
@@ -132,7 +133,8 @@ class GroupBase:
 
     def _on_status(self, i: int, st: ch.StatusReported, now_ns: int) -> None:
         self.statuses[i] = st
-        self.book.status(i, now_ns, st.load_cpu_s, st.sent, st.in_flight)
+        behind = now_ns - st.t_ns if self.same_clock else None  # the parent keeping up?
+        self.book.status(i, now_ns, st.load_cpu_s, st.sent, st.in_flight, behind)
 
     def _maybe_all_stopped(self, out: list[Any]) -> None:
         if self._stopped_sent or self._running() or not self.live:

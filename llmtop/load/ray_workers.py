@@ -246,6 +246,7 @@ class RayWorkerGroup(GroupBase):
         self._closed = False
         self._connected_here = False
         self.limits_ms: dict[str, float] = {}
+        self.same_clock = False  # each node measures on its own clock
 
     # -- the LoadProcess interface ----------------------------------------------------------------
     @property
