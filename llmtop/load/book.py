@@ -304,7 +304,8 @@ class WorkerBook:
         acc.cpu_s = cpu_s
         acc.sent = sent
         acc.in_flight = in_flight
-        acc.cpu_points.append((t_ns, cpu_s))
+        if not acc.cpu_points or acc.cpu_points[-1][0] != t_ns:  # a status seen twice
+            acc.cpu_points.append((t_ns, cpu_s))
         if acc.first_cpu is None:
             acc.first_cpu = (t_ns, cpu_s)
 

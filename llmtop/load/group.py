@@ -134,7 +134,8 @@ class GroupBase:
     def _on_status(self, i: int, st: ch.StatusReported, now_ns: int) -> None:
         self.statuses[i] = st
         behind = now_ns - st.t_ns if self.same_clock else None  # the parent keeping up?
-        self.book.status(i, now_ns, st.load_cpu_s, st.sent, st.in_flight, behind)
+        # the worker's own clock times its CPU readings (over Ray, not this clock)
+        self.book.status(i, st.t_ns, st.load_cpu_s, st.sent, st.in_flight, behind)
 
     def _maybe_all_stopped(self, out: list[Any]) -> None:
         if self._stopped_sent or self._running() or not self.live:
