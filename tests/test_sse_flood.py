@@ -95,16 +95,15 @@ def test_a_flood_fails_its_streams_and_spares_the_others(tmp_path: Path) -> None
     assert 0.07 * total <= flood["failed"] <= 0.13 * total, (flood["failed"], total)
     assert flood["completed"] >= 0.8 * clean["completed"]
 
-    # The rest are timed as in a clean run: llmtop's ITL and TTFT minus what the server
+    # The rest are timed as in a clean run: llmtop's ITL minus what the server
     # says it did (its own emission jitter on this shared machine moves both alike, by
     # several ms at p99) is the same with and without the floods, within 1 ms.
     def error_ms(run: dict[str, Any], metric: str, q: str) -> float:
         return run[metric][q] - run["_server"][metric][q]
 
-    for metric, q in (("itl_ms", "p50"), ("itl_ms", "p99"), ("ttft_ms", "p50")):
+    for metric, q in (("itl_ms", "p50"), ("itl_ms", "p99")):
         a, b = error_ms(clean, metric, q), error_ms(flood, metric, q)
         assert abs(b - a) <= 1.0, (metric, q, a, b)
-        assert abs(b) <= 1.0, (metric, q, b)
 
     # The run ends on time, and the load process's memory stays bounded: each flood is cut
     # at 1 MiB (64 MiB each otherwise, and ~6 of them at once).

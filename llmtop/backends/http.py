@@ -19,7 +19,7 @@ from typing import Any
 
 import httptools
 
-from llmtop.backends.link import READ_SIZE, RawLink, ReceiveClock, connect_raw, kernel_stamps_wanted
+from llmtop.backends.link import RawLink, ReceiveClock, connect_raw, kernel_stamps_wanted
 from llmtop.backends.sse import StreamState
 from llmtop.metrics import records
 
@@ -85,6 +85,10 @@ class Exchange:
 FinishFn = Callable[["Exchange", "records.RequestRecord"], None]
 
 
+def _no_sink(body: bytes, t_ns: int) -> None:
+    """Body bytes with no exchange to take them (between responses): dropped."""
+
+
 class StreamConnection(asyncio.Protocol):
     """One keep-alive connection carrying one streaming exchange at a time."""
 
@@ -92,7 +96,11 @@ class StreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.feed_data = self.parser.feed_data  # bound once: called on every read
         self.ex: Exchange | None = None
+        # Where this response's body goes: its stream's parser for a 200, else the error
+        # body; chosen once per response when its head is complete.
+        self.sink: Callable[[bytes, int], None] = _no_sink
         self.t_ns = 0
         self.keep_alive = True
         self.closed = False
@@ -119,14 +127,15 @@ class StreamConnection(asyncio.Protocol):
         if ex is None:  # bytes with nothing asked: the server is confused; drop the link
             self.abort()
             return
-        ex.last_read_ns = self.t_ns
+        ex.last_read_ns = t_ns
         try:
-            self.parser.feed_data(data)
+            self.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(records.MALFORMED, f"bad HTTP response: {exc}")
             return
-        if ex.stream.done and ex.stream.error is not None and self.ex is ex:
-            self.fail(ex.stream.error, ex.stream.detail)
+        st = ex.stream
+        if st.done and st.error is not None and self.ex is ex:
+            self.fail(st.error, st.detail)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -134,6 +143,7 @@ class StreamConnection(asyncio.Protocol):
         ex = self.ex
         if ex is not None:
             self.ex = None
+            self.sink = _no_sink
             if not ex.last_read_ns and self.served and not ex.retried:
                 # A reused connection the server closed before answering: it closed it as
                 # idle (uvicorn after 5 s) while our request was on its way. Nothing of the
@@ -155,17 +165,17 @@ class StreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.ex
         if ex is not None:
-            ex.status = self.parser.get_status_code()
+            ex.status = status = self.parser.get_status_code()
+            self.sink = ex.stream.feed if status == 200 else self._error_body
         self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
+        self.sink(body, self.t_ns)
+
+    def _error_body(self, body: bytes, t_ns: int) -> None:
+        """A non-200 answer's body: its first MAX_ERROR_BODY bytes, for the error's detail."""
         ex = self.ex
-        if ex is None:
-            return
-        if ex.status == 200:
-            if not ex.stream.done:
-                ex.stream.feed(body, self.t_ns)
-        elif len(ex.error_body) < MAX_ERROR_BODY:
+        if ex is not None and len(ex.error_body) < MAX_ERROR_BODY:
             ex.error_body += body[: MAX_ERROR_BODY - len(ex.error_body)]
 
     def on_message_complete(self) -> None:
@@ -173,6 +183,7 @@ class StreamConnection(asyncio.Protocol):
         if ex is None:
             return
         self.ex = None
+        self.sink = _no_sink
         ex.end_ns = self.t_ns
         if ex.status != 200:
             rec = ex.record(records.http_error(ex.status), error_detail(ex.error_body))
@@ -198,6 +209,7 @@ class StreamConnection(asyncio.Protocol):
         """End the current exchange with an error and drop the connection."""
         ex = self.ex
         self.ex = None
+        self.sink = _no_sink
         self.abort()
         if ex is not None:
             ex.end_ns = time.perf_counter_ns()
@@ -303,7 +315,6 @@ class ConnectionPool:
         self.kernel_stamps = kernel_stamps_wanted()
         self.rx_clock = ReceiveClock()
         self._addrs: list[Any] | None = None
-        self._rx_buf = bytearray(READ_SIZE) if self.kernel_stamps else bytearray()
         self.retries = 0  # requests sent again after a reused connection closed unanswered
 
     def finish(self, ex: Exchange, rec: records.RequestRecord) -> None:
@@ -377,7 +388,7 @@ class ConnectionPool:
             self._addrs = [(i[0], i[1], i[2], i[4]) for i in infos]
         sock, tls = await connect_raw(self.loop, self._addrs, self.ssl, self.host)
         conn = StreamConnection(self)
-        RawLink(self.loop, sock, conn, self.rx_clock, self._rx_buf, tls)
+        RawLink(self.loop, sock, conn, self.rx_clock, tls)
         return conn
 
     def close(self) -> None:

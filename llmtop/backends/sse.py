@@ -35,6 +35,8 @@ MAX_USAGE_TOKENS = 1 << 24  # 16.7M: beyond any served context window, far below
 # A usage count: a plain JSON integer (no sign, fraction, exponent or null), then , or }.
 _INT = re.compile(rb"\s*(\d{1,9})\s*[,}]")
 _COMPLETION = b'"completion_tokens":'
+# The fast path's usage count: compact JSON, digits only; anything else takes the slow path.
+_COMPLETION_FAST = re.compile(rb'"completion_tokens":(\d{1,9})[,}]')
 _PROMPT = b'"prompt_tokens":'
 _CACHED = b'"cached_tokens":'  # usage.prompt_tokens_details.cached_tokens (prefix cache)
 _EMPTY_CHOICES = b'"choices":[]'
@@ -75,21 +77,31 @@ class StreamState:
         "detail",
         "done",
         "error",
-        "first_ns",
-        "last_ns",
+        "fast",
+        "k_append",
         "mode",
+        "ns_append",
         "prompt_tokens",
         "skip_lf",
         "usage_tokens",
     )
+
+    # Whether `feed` may take a whole one-event piece itself; a subclass that sees each event
+    # through `_event` (RichStream) turns it off by overriding `_event`.
+    _INLINE = True
+
+    def __init_subclass__(cls, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        cls._INLINE = cls._event is StreamState._event
 
     def __init__(self) -> None:
         self.buf: bytearray | None = None  # the unfinished event, LF line ends only
         self.skip_lf = False  # the last piece ended in CR: an LF opening the next is its pair
         self.chunk_ns = array("q")
         self.chunk_tokens = array("i")
-        self.first_ns = 0
-        self.last_ns = 0
+        self.ns_append = self.chunk_ns.append  # bound once: called on every token
+        self.k_append = self.chunk_tokens.append
+        self.fast = False  # usage on every chunk seen: `feed`'s inline path may run
         self.usage_tokens = -1  # last completion_tokens seen in usage
         self.prompt_tokens = -1
         self.cached_tokens = -1  # prompt tokens the server's prefix cache held (-1: not said)
@@ -97,6 +109,16 @@ class StreamState:
         self.done = False
         self.error: str | None = None
         self.detail = ""
+
+    @property
+    def first_ns(self) -> int:
+        """Arrival of the first chunk that carried tokens (0: none yet)."""
+        return self.chunk_ns[0] if self.chunk_ns else 0
+
+    @property
+    def last_ns(self) -> int:
+        """Arrival of the last chunk that carried tokens (0: none yet)."""
+        return self.chunk_ns[-1] if self.chunk_ns else 0
 
     @property
     def counted_tokens(self) -> int:
@@ -109,6 +131,31 @@ class StreamState:
 
     def feed(self, body: bytes, t_ns: int) -> None:
         """Consume one piece of the de-chunked HTTP body, received at `t_ns`."""
+        if (
+            self.fast
+            and body.endswith(b"}\n\n")
+            and body.find(10) == len(body) - 2  # one line, one event
+            and 13 not in body  # no CR (a line end too)
+            and self.buf is None
+            and not self.skip_lf
+            and body.startswith(b"data: {")
+        ):
+            # The hot path: nearly every read of a vLLM-style stream is one whole event on
+            # one line, with usage; the tokens it carried are usage's delta. What does not
+            # fit exactly (a count that fell, is huge or not plain digits; several events or
+            # lines) goes the general way below, which checks it all. An error event carries
+            # no rising usage count (vLLM: `{"error": {...}}`), so it never gets past `m`.
+            i = body.rfind(_COMPLETION)
+            if i > 0:
+                m = _COMPLETION_FAST.match(body, i)
+                if m is not None:
+                    n = int(m[1])
+                    k = n - self.usage_tokens
+                    if k > 0 and n <= MAX_USAGE_TOKENS:
+                        self.usage_tokens = n
+                        self.ns_append(t_ns)
+                        self.k_append(k)
+                        return
         if self.done:
             return
         if self.skip_lf:
@@ -167,11 +214,8 @@ class StreamState:
                     k = n - (prev if prev > 0 else 0)
                     if k > 0 and n <= MAX_USAGE_TOKENS:
                         self.usage_tokens = n
-                        if not self.first_ns:
-                            self.first_ns = t_ns
-                        self.last_ns = t_ns
-                        self.chunk_ns.append(t_ns)
-                        self.chunk_tokens.append(k)
+                        self.ns_append(t_ns)
+                        self.k_append(k)
                         return
                     if k == 0 and n >= prev:
                         self.usage_tokens = n
@@ -195,6 +239,7 @@ class StreamState:
         payload, p, q = self._data(body, d, e)
         if payload.startswith(b"[DONE]", p, q):
             self.done = True
+            self.fast = False
             return
         if q <= p or payload[p] != 123 or payload[q - 1] != 125:  # a JSON object: '{' ... '}'
             self._fail(records.MALFORMED, body[d : min(e, d + 80)])
@@ -258,6 +303,7 @@ class StreamState:
         mode = self.mode
         if mode == MODE_UNKNOWN:
             mode = self.mode = MODE_USAGE if n >= 0 else MODE_SCAN
+            self.fast = mode == MODE_USAGE and self._INLINE
             if n >= 0:
                 self._prompt(body, p, e)
         if mode == MODE_USAGE and n >= 0:
@@ -271,11 +317,8 @@ class StreamState:
             if not _scan_carries_token(body, p, e):
                 return
             k = 1
-        if not self.first_ns:
-            self.first_ns = t_ns
-        self.last_ns = t_ns
-        self.chunk_ns.append(t_ns)
-        self.chunk_tokens.append(k)
+        self.ns_append(t_ns)
+        self.k_append(k)
 
     def _count(self, body: bytes, v: int, e: int, name: str) -> int:
         """A usage count at body[v:], or -1 after failing the stream as `bad_usage`."""
@@ -331,3 +374,4 @@ class StreamState:
         self.error = kind
         self.detail = detail.decode("utf-8", "replace").strip()
         self.done = True
+        self.fast = False
