@@ -20,6 +20,7 @@ from llmtop.cli.options import (
 )
 from llmtop.errors import ConfigError, LlmtopError
 from llmtop.knee.search import KneePlan
+from llmtop.output.writable import check_outputs
 
 
 def _percent(value: str) -> float:
@@ -103,6 +104,7 @@ def knee_command(**o: Any) -> None:
     from llmtop.knee.runner import run_knee
 
     check_limits(o)  # before the plan is built from them
+    check_outputs({"--json": o["json_path"], "--save": o["save_path"]})
 
     slo = parse_slo(o["slo"])
     if not slo:

@@ -59,7 +59,11 @@ LIMITS: dict[str, tuple[float, float, bool, bool]] = {
     "engine_nice": (-20, 19, False, False),
 }
 # Parameters whose flag is not spelled after their name.
-FLAGS = {"factor": "--step", "max_conc": "--max-concurrency", "exit_after": "--exit-after"}
+FLAGS = {
+    "factor": "--step (the step factor)",
+    "max_conc": "--max-concurrency",
+    "exit_after": "--exit-after",
+}
 
 
 def flag_of(name: str) -> str:

@@ -27,6 +27,7 @@ from llmtop.cli.options import (
     workload_options,
 )
 from llmtop.errors import ConfigError, LlmtopError, redact
+from llmtop.output.writable import check_outputs
 
 UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
 UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
@@ -133,6 +134,7 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
     if o.get("exit_after") is not None and not o["exit_after"] > 0:
         raise ConfigError("--exit-after must be > 0")
     slo = parse_slo(o.get("slo"))
+    check_outputs({"--save": o.get("save")})  # before the load, not when the UI quits
     if no_terminal():
         raise ConfigError(
             "the live UI needs a terminal (stdin and stderr); for a headless run use "

@@ -238,12 +238,21 @@ def run_knee(
     assert result is not None
     data = knee_document(session, runner.judged, result, slo, plan, extra)
     data["interrupted"] = interrupted
-    if json_path:
-        write_json_output(json_path, data)
-    if save_path:
-        from llmtop.output.snapshot import build_snapshot, save_snapshot
+    data["failure"] = session.failure_record()
+    from llmtop.output.snapshot import build_snapshot, save_snapshot
+    from llmtop.output.writable import write_each
 
-        snap = build_snapshot(session, extra, knee={"knee": data["knee"], "steps": data["steps"]})
-        save_snapshot(save_path, snap)
+    def save() -> None:
+        knee = {"knee": data["knee"], "steps": data["steps"]}
+        save_snapshot(str(save_path), build_snapshot(session, extra, knee=knee))
+
+    # each output on its own: one that fails costs neither the other nor the table
+    failed = write_each(
+        [
+            ("--json", json_path, lambda: write_json_output(str(json_path), data)),
+            ("--save", save_path, save),
+        ]
+    )
     print_knee(data, result, plan, out)
-    return KneeRun(result, data, interrupted, session.failure)
+    problems = [session.failure.splitlines()[0]] if session.failure else []
+    return KneeRun(result, data, interrupted, "; ".join(problems + list(failed.values())) or None)

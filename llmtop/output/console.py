@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmtop.errors import LlmtopError
+from llmtop.errors import LlmtopError, redact
 from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.output.jsonfile import dumps, write_json_atomic
@@ -120,6 +120,7 @@ class ProgressLine:
 
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     """The end-of-run table, every metric labelled with what it measures."""
+    summary = redact(summary)  # server-given strings (error examples, model, notes) included
     target = summary.get("target", {})
     sim = target.get("sim")
     where = target.get("url", "")

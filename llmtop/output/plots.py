@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from llmtop.errors import LlmtopError
+from llmtop.errors import LlmtopError, redact
 from llmtop.metrics import catalog
 from llmtop.metrics.serverside import run_histograms, spectrum_ms
 from llmtop.output.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
@@ -344,7 +344,7 @@ def write_report(
         written["percentiles"] = plot_spectrum(snaps, out, formats)
         written["timeseries"] = plot_series(snaps, out, formats)
         page = out / "report.md"
-        page.write_text(markdown(snaps, written), encoding="utf-8")
+        page.write_text(redact(markdown(snaps, written)), encoding="utf-8")
     except OSError as exc:
         raise ReportError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
     written["page"] = [page]
