@@ -7,6 +7,7 @@ the trace (with a bound loose enough for a shared CI machine).
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter
@@ -256,3 +257,53 @@ def test_a_rate_change_while_paused_does_not_resume() -> None:
     assert s.next_due_ns() is None
     s.resume(500 * MS)  # the gap to the next request, at the new speed (4×)
     assert s.next_due_ns() == 500 * MS + 25 * MS
+
+
+def test_the_live_rate_control_scales_a_running_trace() -> None:
+    """What the UI's arrow keys do: a new rate mid-replay speeds up the rest of the trace.
+
+    Judged on the schedule's intended send times (the load process's own record of what it
+    asked for), so a busy machine's late wake-ups do not decide the test.
+    """
+    from llmtop.config import LoadPlan, RunConfig, Target, Workload
+    from llmtop.load.trace import parse_row
+    from llmtop.metrics.records import RequestRecord
+    from llmtop.session import LoadSession, drive
+    from llmtop.setup import prepare
+
+    rows = tuple(
+        parse_row({"timestamp": 50 * i, "input_length": 32, "output_length": 4}, "row")
+        for i in range(41)
+    )  # 20 req/s for 2 s
+    recs: list[RequestRecord] = []
+    srv = ScriptedServer(Script(ttft_ms=1.0, itl_ms=1.0)).start_in_thread()
+    try:
+        config = RunConfig(
+            Target(srv.url),
+            Workload(trace="even.jsonl"),
+            LoadPlan(request_rate=mean_rate(rows), num_requests=len(rows)),
+            trace=rows,
+        )
+        with prepare(config) as prep:
+            session = LoadSession(prep.config)
+            session.record_sink = lambda rec, step: recs.append(rec)
+            session.start()
+            asked: list[float] = []
+
+            def on_frame(frame: object) -> None:
+                if not asked and len([a for a in srv.stats.arrivals if a[2] == 4]) >= 10:
+                    session.set_rate(80.0)  # 4x the trace's own 20 req/s
+                    asked.append(session.collector.steps[-1].start_ns)
+
+            drive(session, on_frame)
+        arrived = len([a for a in srv.stats.arrivals if a[2] == 4])
+    finally:
+        srv.stop_thread()
+    assert asked and arrived == len(rows) and session.summary()["completed"] == len(rows)
+    intended = sorted(r.intended_ns for r in recs)
+    gaps_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(intended)]
+    before = [g for t, g in zip(intended[1:], gaps_ms, strict=True) if t < asked[0]]
+    after = [g for t, g in zip(intended[1:], gaps_ms, strict=True) if t > asked[0] + 20e6]
+    assert before and all(g == pytest.approx(50.0, abs=0.01) for g in before)
+    assert len(after) > 20 and all(g == pytest.approx(12.5, abs=0.01) for g in after)
+    assert session.collector.steps[-1].offered == 80.0
