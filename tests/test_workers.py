@@ -517,3 +517,27 @@ def test_a_parent_that_falls_behind_its_workers_is_named() -> None:
     assert v.bound and v.parent_behind and "2.5 s late" in v.message
     assert "--ray ships histograms" in v.message
     assert book.run_verdict().as_dict()["parent_behind"]
+
+
+def test_the_table_lists_every_worker_and_says_which_was_lost() -> None:
+    from llmtop.output.workers import worker_lines
+
+    slip = {"p99": 0.4, "count": 500}
+    summary = {
+        "workers": [
+            {"id": 0, "node": "a" * 40, "completed": 900, "failed": 1, "cpu_pct": 61.0,
+             "send_slip_ms": slip, "loop_lag_ms": {"p99": 0.2}, "lost": False},
+            {"id": 1, "node": "b" * 40, "completed": 300, "failed": 0, "cpu_pct": 60.0,
+             "send_slip_ms": slip, "loop_lag_ms": {"p99": 0.3}, "lost": True,
+             "lost_at_s": 4.2, "lost_reason": "Ray worker lost (ActorDiedError)"},
+        ],
+        "workers_lost": [{"id": 1, "node": "b" * 40, "at_s": 4.2, "reason": "x",
+                          "in_flight_lost": 7, "respread_to": [0], "respread_at_s": 4.45}],
+        "ray": {"address": "10.0.0.1:6379", "placement": "STRICT_SPREAD", "nodes": ["a", "b"]},
+    }  # fmt: skip
+    lines = worker_lines(summary)
+    assert lines[0] == "workers     2 on 2 nodes (Ray at 10.0.0.1:6379, STRICT_SPREAD)"
+    assert "#0" in lines[1] and "CPU  61 %" in lines[1] and "send slip p99 0.40 ms" in lines[1]
+    assert "LOST at 4.2 s (Ray worker lost (ActorDiedError))" in lines[2]
+    assert "its share went to #0 from 4.5 s; 7 requests it had sent were lost" in lines[3]
+    assert worker_lines({"workers": summary["workers"][:1], "workers_lost": []}) == []
