@@ -209,13 +209,13 @@ class RunConfig:
             w[key] = dist.text() if dist else None
         if self.dataset:
             w["dataset_prompts"] = len(self.dataset)
+            w["input_len"] = None
+            w["input_dist"] = None
+            w["shared_prefix_len"] = 0
         if self.conversations:
             w["dataset_conversations"] = len(self.conversations)
         if self.trace:
             w["trace_requests"] = len(self.trace)
-            w["input_len"] = None
-            w["input_dist"] = None
-            w["shared_prefix_len"] = 0
         w["prompts_as"] = self.prompts_as
         w["text"] = self.describe_workload()
         return w
