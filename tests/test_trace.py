@@ -186,10 +186,12 @@ def arrival_errors_ms(arrivals_ns: list[int], rows: list[dict]) -> list[float]:
 def test_replay_against_the_scripted_server(tmp_path: Path) -> None:
     rows = synthetic_trace(120, 2500.0, seed=5)
     path = _write(tmp_path / "trace.jsonl", rows)
+    log = tmp_path / "requests.jsonl"
     srv = ScriptedServer(Script(ttft_ms=2.0, itl_ms=1.0)).start_in_thread()
     try:
         r = run_cli(
-            "run", "--url", srv.url, "--trace", str(path), json_path=tmp_path / "o.json"
+            "run", "--url", srv.url, "--trace", str(path), "--save-requests", str(log),
+            json_path=tmp_path / "o.json",
         )  # fmt: skip
         arrivals = [a for a in srv.stats.arrivals if a[2] != 3]  # not the preflight's probe
     finally:
@@ -202,11 +204,17 @@ def test_replay_against_the_scripted_server(tmp_path: Path) -> None:
     want = Counter((row["input_length"], row["output_length"]) for row in rows)
     assert Counter((a[1], a[2]) for a in arrivals) == want
     assert d["prompt_tokens"] == sum(row["input_length"] for row in rows)
-    # sent at the trace's times: arrival − trace time is the same for every request, up to
-    # the error (measured from its median: the first connection's set-up shifts no one)
+    # the schedule is the trace's: every intended send time at its offset, to the µs
+    intended = sorted(json.loads(line)["intended_ms"] for line in log.read_text().splitlines())
+    t0 = rows[0]["timestamp"]
+    for ms, row in zip(intended, rows, strict=True):
+        assert ms - intended[0] == pytest.approx(row["timestamp"] - t0, abs=0.002)
+    # and the server saw them then: arrival − trace time is the same for every request, up
+    # to the error (measured from its median: the first connection's set-up shifts no one).
+    # The 2 ms p99 bar is benchmarks/trace_replay.py's, on pinned cores; here the typical
+    # request must be on time even on a busy shared machine.
     errors_ms = arrival_errors_ms(sorted(a[0] for a in arrivals), rows)
-    p99 = errors_ms[int(0.99 * (len(errors_ms) - 1))]
-    assert p99 <= 20.0, errors_ms[-5:]  # the 2 ms bar: benchmarks/trace_replay.py
+    assert errors_ms[len(errors_ms) // 2] <= 5.0, errors_ms[len(errors_ms) // 2 :]
     assert d["workload"]["trace_requests"] == len(rows)
     assert d["config"]["plan"]["num_requests"] == len(rows)
 
@@ -227,7 +235,8 @@ def test_replay_a_prefix_of_the_trace_faster(tmp_path: Path) -> None:
     assert r.data["completed"] == 20 and len(got) == 20
     # four times faster: each arrival at a quarter of its trace time (one shift for all)
     quarter = [{**row, "timestamp": row["timestamp"] / 4} for row in rows[:20]]
-    assert max(arrival_errors_ms(got, quarter)) <= 20.0
+    errors_ms = arrival_errors_ms(got, quarter)
+    assert errors_ms[len(errors_ms) // 2] <= 5.0, errors_ms
     span_s = (rows[19]["timestamp"] - rows[0]["timestamp"]) / 1000
     assert r.data["config"]["plan"]["request_rate"] == pytest.approx(19 / span_s * 4)
 
