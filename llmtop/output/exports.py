@@ -42,7 +42,8 @@ def write_hlog(snap: dict[str, Any], metric: str, out: TextIO) -> int:
         nodes, kind = snap.get("steps") or [], "rate steps"
     writer = HistogramLogWriter(out)
     writer.output_comment(f"[llmtop {snap.get('llmtop_version', '')}: {metric}, {kind}]")
-    writer.output_comment(f"[run: {snap.get('label', '')}, created {snap.get('created', '')}]")
+    run = redact(f"{snap.get('label', '')}, created {snap.get('created', '')}")
+    writer.output_comment(f"[run: {run}]")
     writer.output_comment("[values in microseconds; Interval_Max in milliseconds]")
     writer.output_log_format_version()
     writer.output_comment("[BaseTime: 0.000 (seconds since the start of the run)]")
