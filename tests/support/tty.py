@@ -14,17 +14,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def run_cli_tty(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+def run_cli_tty(
+    *args: str,
+    timeout: float = 60.0,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str]:
     """(exit code, everything written to the terminal) of `python -m llmtop ARGS` on a pty."""
     main, child = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.setdefault("TERM", "xterm-256color")
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env = {**env, "TERM": env.get("TERM") or "xterm-256color"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmtop", *args],
         stdin=child,
         stdout=child,
         stderr=child,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         close_fds=True,
     )
