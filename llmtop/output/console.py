@@ -49,15 +49,25 @@ def progress_line(t: Telemetry) -> str:
 
 
 def client_bottleneck(summary: dict[str, Any]) -> dict[str, Any] | None:
-    """When the client's own `--max-concurrency` cap, not the server, set the pace.
+    """When the client, not the server, set the pace: its own `--max-concurrency` cap, or the
+    workers' guard (a saturated or delayed load process, docs/scale.md).
 
-    Requests that wait for a slot are sent late, so the run's throughput is what the cap
-    allows and a `--duration` schedule takes longer to send. The sign is the wait for a slot:
-    its p99 above 10 ms and 5 % of the median E2E (below that a wait is noise).
+    The cap is named first when both hold: it is what the flags asked for, and the one the
+    user can lift; the guard's verdict rides along under `also` and in the message.
     """
     saturated = summary.get("client_saturation")  # the workers' guard (docs/scale.md)
-    if saturated:
-        return saturated
+    cap = _cap_bottleneck(summary)
+    if cap is not None and saturated:
+        cap["also"] = saturated
+        cap["message"] += f"; also {saturated.get('message', '')}"
+    return cap or saturated or None
+
+
+def _cap_bottleneck(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The `--max-concurrency` cap as the bottleneck: requests that wait for a slot are sent
+    late, so the throughput is what the cap allows and a `--duration` schedule takes longer
+    to send. The sign is the wait for a slot: its p99 above 10 ms and 5 % of the median E2E
+    (below that a wait is noise)."""
     plan = (summary.get("config") or {}).get("plan") or {}
     cap = plan.get("max_concurrency")
     wait = summary.get("queue_wait_ms") or {}
