@@ -156,14 +156,21 @@ def test_knee_and_the_ui_note_the_same_way(dataset: Path) -> None:
     # knee: the note comes before the search; stop it once seen
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmtop", "knee", "--slo", "ttft_p99<=1s", "--dataset",
-         str(dataset), "--input-len", "100", "--output-len", "4"],
+         str(dataset), "--input-len", "100", "--output-len", "4", "--min-step-s", "1",
+         "--json", "-"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stderr is not None
-    seen = [proc.stderr.readline() for _ in range(3)]
+    seen = []
+    while not any(line.startswith("knee: step 0 ") for line in seen):  # a step is measured
+        seen.append(proc.stderr.readline())
+        assert seen[-1], seen
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert note + "\n" in seen, seen
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert json.loads(out)["steps"], out  # `--json -`: stdout is the JSON, the table on stderr
+    assert "knee search" in err
     # the UI says it before it takes the terminal
     code, screen = run_cli_tty(
         "--dataset", str(dataset), "--input-len", "100", "--output-len", "4",
