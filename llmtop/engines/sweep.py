@@ -325,7 +325,11 @@ def run_sweep(
                         session, interrupted = drive_session(
                             prep.config, slo, poller.latest, progress
                         )
-                        load_ns = (session.start_ns or 0, time.perf_counter_ns())
+                        c = session.collector  # the scrapes that saw requests in flight
+                        load_ns = (
+                            c.first_send_ns or session.start_ns or 0,
+                            c.last_end_ns or time.perf_counter_ns(),
+                        )
                     finally:
                         session_series = poller.finish()
                     session.server_series = session_series
