@@ -508,15 +508,28 @@ def test_bad_scale_flags_are_one_line_errors(scripted: Any, flags: list[str], ne
 
 
 def test_a_parent_that_falls_behind_its_workers_is_named() -> None:
+    """Behind while busy: the collector is the limit. Behind while idle: a busy host."""
     book = WorkerBook(["h", "h"], cores_free=8)
     for i in range(2):
-        book.status(i, 1 * S, 0.1, 10, 1, behind_ns=2 * MS)
+        book.status(i, 0, 0.0, 0, 0)
+        book.status(i, 1 * S, 0.5, 10, 1, behind_ns=2 * MS)
+    book.parent_cpu(0, 0.0)
+    book.parent_cpu(1 * S, 0.95)  # the parent's core is full
     assert not book.verdict(1 * S).bound
-    book.status(0, 2 * S, 0.3, 20, 1, behind_ns=2500 * MS)  # read 2.5 s after it was sent
+    book.status(0, 2 * S, 1.0, 20, 1, behind_ns=2500 * MS)  # read 2.5 s after it was sent
     v = book.verdict(2 * S)
-    assert v.bound and v.parent_behind and "2.5 s late" in v.message
+    assert v.bound and v.parent_behind and "2.5 s late (while busy)" in v.message
     assert "--ray ships histograms" in v.message
     assert book.run_verdict().as_dict()["parent_behind"]
+    starved = WorkerBook(["h"], cores_free=1)
+    starved.status(0, 0, 0.0, 0, 0)
+    starved.status(0, 1 * S, 0.02, 10, 1, behind_ns=1 * MS)
+    starved.parent_cpu(0, 0.0)
+    starved.parent_cpu(1 * S, 0.03)  # idle parent, idle worker, and still late
+    starved.status(0, 2 * S, 0.04, 20, 1, behind_ns=1800 * MS)
+    v = starved.verdict(2 * S)
+    assert v.bound and not v.parent_behind and v.host_busy
+    assert "mostly idle: starved" in v.message and "more workers will not fix it" in v.message
 
 
 def test_the_table_lists_every_worker_and_says_which_was_lost() -> None:

@@ -191,11 +191,12 @@ class ClientVerdict:
     def message(self) -> str:
         if not self.bound:
             return ""
+        collector = (
+            "the parent's one collector is at its limit (docs/scale.md): --ray ships "
+            "histograms instead of records"
+        )
         if self.parent_behind and not self.workers_needed > self.workers:
-            fix = (
-                "the parent's one collector is the limit (docs/scale.md): shorter runs of "
-                "smaller records will not help; --ray ships histograms instead of records"
-            )
+            fix = collector
         elif self.host_busy:
             fix = (
                 "the workers themselves are mostly idle, so other processes on this host "
@@ -205,6 +206,8 @@ class ClientVerdict:
             fix = f"--workers {self.workers_needed} would fix it"
             if self.cores_free is not None and self.workers_needed > self.cores_free:
                 fix += f" (this host has {self.cores_free} free cores: add machines with --ray)"
+            if self.parent_behind:
+                fix += "; and " + collector
         return (
             "the CLIENT is the bottleneck, not the server: " + "; ".join(self.reasons) + f"; {fix}"
         )
@@ -241,6 +244,11 @@ class WorkerBook:
         # how late the parent read the workers' statuses (same clock only): (now, ms)
         self.behind: deque[tuple[int, float]] = deque(maxlen=64)
         self.parent_fell_behind = False  # sticky, for the run's verdict
+        self.worst_behind_ms = 0.0
+        self.parent_busy_behind = False  # behind while its own CPU was high: the collector
+        # the parent's own CPU (seconds of process time) at moments of this clock
+        self.parent_cpu_points: deque[tuple[int, float]] = deque(maxlen=64)
+        self._first_parent_cpu: tuple[int, float] | None = None
         self._ever: set[str] = set()  # guard reasons seen during the run (for the JSON)
 
     def __len__(self) -> int:
@@ -297,9 +305,14 @@ class WorkerBook:
     ) -> None:
         """A worker's status, read at `t_ns`; `behind_ns`: how long after it was sent."""
         if behind_ns is not None:
-            self.behind.append((t_ns, behind_ns / 1e6))
-            if behind_ns / 1e6 > PARENT_BEHIND_MS:
+            ms = behind_ns / 1e6
+            self.behind.append((t_ns, ms))
+            self.worst_behind_ms = max(self.worst_behind_ms, ms)
+            if ms > PARENT_BEHIND_MS:
                 self.parent_fell_behind = True
+                frac = self.parent_cpu_fraction(t_ns)
+                if frac is not None and frac > CPU_LIMIT:
+                    self.parent_busy_behind = True
         acc = self.accounts[index]
         acc.cpu_s = cpu_s
         acc.sent = sent
@@ -328,6 +341,27 @@ class WorkerBook:
             reported = acc.completed + acc.failed + acc.cancelled + acc.warmup
             acc.lost_in_flight = max(acc.in_flight, acc.sent - reported)
 
+    def parent_cpu(self, t_ns: int, cpu_s: float) -> None:
+        """The parent's own CPU time now: a parent behind its workers while it is busy is
+        the collector's limit; behind while idle, it is starved by a busy host."""
+        self.parent_cpu_points.append((t_ns, cpu_s))
+        if self._first_parent_cpu is None:
+            self._first_parent_cpu = (t_ns, cpu_s)
+
+    def parent_cpu_fraction(self, now_ns: int | None) -> float | None:
+        pts = self.parent_cpu_points
+        if len(pts) < 2:
+            return None
+        t1, c1 = pts[-1]
+        t0, c0 = self._first_parent_cpu or pts[0] if now_ns is None else pts[0]
+        if now_ns is not None:
+            for t, c in pts:
+                if t1 - t <= RECENT_S * 1e9:
+                    t0, c0 = t, c
+                    break
+        dt = (t1 - t0) / 1e9
+        return (c1 - c0) / dt if dt > 0.5 else None
+
     def lines(self, now_ns: int) -> tuple[WorkerLine, ...]:
         return tuple(a.line(now_ns) for a in self.accounts)
 
@@ -354,24 +388,32 @@ class WorkerBook:
             elif lag_now is not None and lag_now > LAG_LIMIT_MS:
                 reasons.append(f"worker {a.id} loop lag p99 {lag_now:.1f} ms")
         recent = [ms for t, ms in self.behind if now_ns is None or now_ns - t <= RECENT_S * 1e9]
-        behind = (
-            max(recent, default=0.0) > PARENT_BEHIND_MS if live_view else self.parent_fell_behind
-        )
+        if live_view:
+            worst = max(recent, default=0.0)
+            behind = worst > PARENT_BEHIND_MS
+            pfrac = self.parent_cpu_fraction(now_ns)
+            collector_bound = behind and pfrac is not None and pfrac > CPU_LIMIT
+        else:
+            worst, behind = self.worst_behind_ms, self.parent_fell_behind
+            collector_bound = self.parent_busy_behind
+        workers_bound = bool(reasons)
         if behind:
-            worst = max((ms for _, ms in self.behind), default=0.0)
-            reasons.append(f"the parent read its workers' records up to {worst / 1e3:.1f} s late")
+            why = "while busy" if collector_bound else "while mostly idle: starved"
+            reasons.append(
+                f"the parent read its workers' records up to {worst / 1e3:.1f} s late ({why})"
+            )
         bound = bool(reasons)
         live = len(self.live)
         known = [f for f in fracs if f is not None]
-        host_busy = bound and bool(known) and max(known) < BUSY_HOST_CPU
+        host_busy = bound and bool(known) and max(known) < BUSY_HOST_CPU and not collector_bound
         return ClientVerdict(
             bound,
             tuple(reasons),
             live,
-            live if host_busy else workers_needed(fracs, live, bound),
+            live if host_busy else workers_needed(fracs, live, workers_bound),
             self.cores_free,
-            host_busy and not behind,
-            behind,
+            host_busy,
+            collector_bound,
         )
 
     def verdict(self, now_ns: int) -> ClientVerdict:

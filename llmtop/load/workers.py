@@ -159,6 +159,7 @@ class WorkerGroup(GroupBase):
         elif not chans:
             time.sleep(timeout_s)
         now = time.perf_counter_ns()
+        self.book.parent_cpu(now, time.process_time())
         records: list[Any] = []
         status_seen = False
         for i in ready_idx:
