@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -301,7 +302,7 @@ def _seed(folder: Path, sim_url: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "llmtop", "run", "--url", sim_url, "--num-requests", "6",
          "--input-len", "64", "--output-len", "8", "--save", str(snap), "--json", str(res)],
-        cwd=ROOT, check=True, capture_output=True, timeout=120,
+        cwd=ROOT, check=True, capture_output=True, timeout=RUN_TIMEOUT_S,
     )  # fmt: skip
     for name in ("A.json", "B.json", "vllm.json", "trtllm.json", "run.json"):
         shutil.copy(snap, folder / name)
@@ -325,6 +326,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Out
     )  # fmt: skip
     try:
         assert sim.stdout is not None
+        ready, _, _ = select.select([sim.stdout], [], [], RUN_TIMEOUT_S)
+        assert ready, "the simulator did not say where it listens"
         sim_url = json.loads(sim.stdout.readline())["url"]
         _seed(tmp / "seed", sim_url)
         # The same line quoted in two places runs once; the slow kinds start first.
