@@ -131,13 +131,15 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--knee-slo", default="ttft_p99<=250ms")
     ap.add_argument("--no-knee", action="store_true")
+    ap.add_argument("--knee-only", action="store_true")
+    ap.add_argument("--knee-order", default="tokens,text", help="formats, in order, for knees")
     ap.add_argument("--out", help="also write every figure as JSON here")
     ap.add_argument("--priority", choices=("normal", "nice"), default="nice")
     a = ap.parse_args()
     PRIORITY[0] = a.priority
     if vllm_python() is None:
         raise SystemExit("no vLLM venv: bash .ci/install_vllm.sh")
-    rates = [float(r) for r in a.rates.split(",")]
+    rates = [] if a.knee_only else [float(r) for r in a.rates.split(",")]
     t0 = time.monotonic()
     runs: list[dict] = []
     knees: list[dict] = []
@@ -158,7 +160,7 @@ def main() -> None:
                         flush=True,
                     )
         if not a.no_knee:
-            for fmt in FORMATS:
+            for fmt in a.knee_order.split(","):
                 k = knee(url, fmt, a)
                 knees.append(k)
                 print(f"  knee {fmt}: {json.dumps(k['knee'])[:300]}", flush=True)

@@ -71,6 +71,11 @@ def main() -> None:
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--wait-quiet", type=float, default=0.0)
+    ap.add_argument(
+        "--llmtop-parent-nice",
+        type=int,
+        help="renice llmtop's parent once its load process runs (with --priority rt: 0)",
+    )
     a = ap.parse_args()
     rows = synthetic_trace(a.requests, a.span_s * 1000, a.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +89,9 @@ def main() -> None:
                    "--trace-speed", str(a.speed), "--json", str(out)]  # fmt: skip
             load = MachineLoad()
             cpu0 = srv.cpu_s()
-            rc, err_text, client_cpu = run_child(cmd, a.client_cpu, 600, a.priority)
+            rc, err_text, client_cpu = run_child(
+                cmd, a.client_cpu, 600, a.priority, a.llmtop_parent_nice
+            )
             machine = load.report(client_cpu + srv.cpu_s() - cpu0)
             arrivals = [x for x in http_json(f"{srv.url}/script/arrivals")["arrivals"]
                         if x[2] != 3]  # not the preflight's probe  # fmt: skip
