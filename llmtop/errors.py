@@ -15,6 +15,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+# Exit codes (README, "Exit codes"): 0 the run met its SLO (or had none), 1 an error, 2 bad
+# flags, 3 the SLO was breached (`run --slo`) or no load met it (`knee`), 130 interrupted.
+EXIT_SLO_BREACHED = 3
+
 
 class LlmtopError(Exception):
     """A problem the user can act on; the CLI prints `llmtop: <message>` and exits non-zero."""

@@ -138,6 +138,7 @@ class LoadSession:
                     self.record_sink(r, step_index_of(self.collector.steps, r.intended_ns))
         elif isinstance(msg, ch.StatusReported):
             self.status = msg
+            self.collector.in_flight_reported(msg.t_ns, msg.in_flight_stamps)
         elif isinstance(msg, ch.LoadStarted):
             self.collector.load_started(msg.t_ns)
         elif isinstance(msg, ch.MeasurementStarted):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
@@ -18,9 +19,10 @@ from llmtop.cli.options import (
     target_options,
     workload_options,
 )
-from llmtop.errors import ConfigError, LlmtopError
-from llmtop.knee.search import KneePlan
+from llmtop.errors import EXIT_SLO_BREACHED, ConfigError, LlmtopError
+from llmtop.knee.search import KneePlan, Tier
 from llmtop.output.writable import check_outputs
+from llmtop.slo import Slo
 
 
 def _percent(value: str) -> float:
@@ -38,6 +40,65 @@ def _percent(value: str) -> float:
     return v
 
 
+class DurationType(click.ParamType):
+    """A length of time: `90`, `90s`, `2m`, `1.5h` (seconds when no unit)."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:])
+        number = text[:-1] if scale is not None else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            self.fail(f"{value!r}: give a time, e.g. 90, 90s, 10m or 1h", param, ctx)
+        if not 0 < seconds < 30 * 86400 or math.isnan(seconds):
+            self.fail(f"{value!r} must be a positive, finite time", param, ctx)
+        return seconds
+
+
+_TIER = re.compile(r"^\s*([A-Za-z][\w-]*)\s*:\s*(.*)$")
+
+
+def parse_tiers(values: tuple[str, ...]) -> tuple[Slo, tuple[Tier, ...]]:
+    """`--slo` given once, or once per named tier (`--slo 'chat: ttft_p99<=500ms'`): the
+    union of every limit (what the session measures) and each tier's share of it."""
+    named: list[tuple[str | None, Slo]] = []
+    for value in values:
+        m = _TIER.match(value)
+        name, text = (m.group(1), m.group(2)) if m else (None, value)
+        slo = parse_slo(text)
+        if not slo:
+            where = f" for tier {name!r}" if name else ""
+            raise ConfigError(
+                f"--slo is empty{where}: give at least one limit, e.g. 'ttft_p99<=1s'"
+            )
+        named.append((name, slo))
+    if len(named) > 1:
+        names = [n for n, _ in named]
+        if None in names:
+            raise ConfigError(
+                "several --slo are tiers: name each one, e.g. --slo 'chat: ttft_p99<=500ms'"
+                " --slo 'batch: ttft_p99<=5s'"
+            )
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"--slo tier {sorted(dup)[0]!r} is named twice")
+    limits: list[Any] = []
+    tiers = []
+    for name, slo in named:
+        idx = []
+        for limit in slo.limits:
+            if limit not in limits:
+                limits.append(limit)
+            idx.append(limits.index(limit))
+        tiers.append(Tier(name, tuple(idx)))
+    return Slo(tuple(limits)), tuple(tiers) if len(tiers) > 1 or tiers[0].name else ()
+
+
 @click.command("knee")
 @target_options
 @workload_options
@@ -45,7 +106,10 @@ def _percent(value: str) -> float:
 @click.option(
     "--slo",
     required=True,
-    help="The SLO each step must meet, e.g. 'ttft_p99<=1s' or 'tpot_p99<=20ms,error_rate<=1%'.",
+    multiple=True,
+    help="The SLO each step must meet, e.g. 'ttft_p99<=1s' or 'tpot_p99<=20ms,error_rate<=1%'."
+    " Repeat it with names for tiers found in one search: --slo 'chat: ttft_p99<=500ms'"
+    " --slo 'batch: ttft_p99<=5s'.",
 )
 @click.option(
     "--start-rate", type=RateType(), default="1", show_default=True, help="First rate (req/s)."
@@ -70,11 +134,25 @@ def _percent(value: str) -> float:
     help="Least measured time a step holds.",
 )
 @click.option(
-    "--max-step-s",
-    type=float,
-    default=20.0,
-    show_default=True,
-    help="Most measured time a step holds.",
+    "--max-step",
+    "max_step",
+    type=DurationType(),
+    default=None,
+    help="Most measured time a step holds (default 180s; '2m', '90s').",
+)
+@click.option("--max-step-s", type=float, default=None, hidden=True)
+@click.option(
+    "--confirm-s",
+    type=DurationType(),
+    default=None,
+    help="How long the knee is held before it is called sustained"
+    " (default: max(60 s, 20 × E2E p50)).",
+)
+@click.option(
+    "--budget",
+    type=DurationType(),
+    default=None,
+    help="Bound the whole search ('10m'); when it ends first the answer is the bracket.",
 )
 @click.option(
     "--concurrency-search",
@@ -84,7 +162,10 @@ def _percent(value: str) -> float:
 @click.option("--start-concurrency", type=int, default=1, show_default=True)
 @click.option("--max-concurrency", "max_conc", type=int, default=256, show_default=True)
 @click.option(
-    "--verify", is_flag=True, help="Measure the knee step a second time before answering."
+    "--verify",
+    is_flag=True,
+    hidden=True,
+    help="Kept for old scripts: the knee is always held again (--confirm-s) before the answer.",
 )
 @click.option(
     "--confidence", type=float, default=0.95, show_default=True, help="Level of the step verdicts."
@@ -106,9 +187,8 @@ def knee_command(**o: Any) -> None:
     check_limits(o)  # before the plan is built from them
     check_outputs({"--json": o["json_path"], "--save": o["save_path"]})
 
-    slo = parse_slo(o["slo"])
-    if not slo:
-        raise ConfigError("--slo is empty: give at least one limit, e.g. 'ttft_p99<=1s'")
+    slo, tiers = parse_tiers(tuple(o["slo"]))
+    max_step = o["max_step"] or o["max_step_s"] or KneePlan.max_step_s
     resolution = _percent(o["resolution"])
     if not 0.5 < o["confidence"] < 1:
         raise ConfigError(f"--confidence must be between 0.5 and 1, got {o['confidence']:g}")
@@ -132,9 +212,13 @@ def knee_command(**o: Any) -> None:
             max_value=top,
             resolution=resolution,
             min_step_s=o["min_step_s"],
-            max_step_s=o["max_step_s"],
+            max_step_s=max_step,
             alpha=1 - o["confidence"],
             verify=o["verify"],
+            confirm_s=o["confirm_s"],
+            budget_s=o["budget"],
+            arrival_cv2=1.0 / o["burstiness"],
+            tiers=tiers,
         )
     except ValueError as exc:
         raise ConfigError(f"knee search: {exc}") from None
@@ -157,3 +241,8 @@ def knee_command(**o: Any) -> None:
         sys.exit(130)
     if run.failure:
         raise LlmtopError(run.failure.splitlines()[0])
+    if not run.result.met:
+        # the SLO as a CI gate: no step met it (or one of its tiers); the outputs are written
+        why = "; ".join(k.reason for k in run.result.knees if k.knee is None) or run.result.reason
+        click.echo(f"llmtop: no load met the SLO: {why}", err=True)
+        sys.exit(EXIT_SLO_BREACHED)

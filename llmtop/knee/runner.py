@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from llmtop.config import RunConfig
-from llmtop.knee.document import knee_document, print_knee, step_line
+from llmtop.knee.document import knee_document, print_knee, snapshot_knee, step_line
 from llmtop.knee.search import (
     Done,
     Drain,
@@ -26,9 +26,9 @@ from llmtop.knee.search import (
     SetLoad,
     StepObs,
 )
-from llmtop.metrics.collector import Step
-from llmtop.metrics.figures import Figures, step_figures
-from llmtop.metrics.hdr import count_above_us, stddev_us
+from llmtop.metrics.collector import Collector, Step
+from llmtop.metrics.figures import Figures, Waiting, step_figures, waiting_past
+from llmtop.metrics.hdr import count_above_us, mean_us, stddev_us
 from llmtop.output.console import write_json_output
 from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.slo import RATE_METRICS, Slo
@@ -38,9 +38,17 @@ OBSERVE_EVERY_S = 0.25
 
 # -- reading a collector step -------------------------------------------------------------
 def limit_observations(
-    step: Step, slo: Slo, figures: Figures | None = None
+    step: Step,
+    slo: Slo,
+    figures: Figures | None = None,
+    collector: Collector | None = None,
 ) -> tuple[LimitObs, ...]:
-    """Each limit's value, sample count and exceedances in one step (from `figures`)."""
+    """Each limit's value, sample count, exceedances and mean in one step (from `figures`).
+
+    With the collector, a request of the step still in flight that already went past a
+    TTFT or E2E limit counts as a sample beyond it (it will end there): in overload the
+    completed requests are the early, fast ones, and those waiting tell the rest.
+    """
     out = []
     f = figures if figures is not None else step_figures(step)
     c = f.counts
@@ -65,9 +73,22 @@ def limit_observations(
         if h is None:
             continue
         n = h.get_total_count()
+        wait = (
+            waiting_past(collector, step, limit.metric, limit.threshold)
+            if collector is not None and upper
+            else Waiting(0, math.nan, math.nan)
+        )
         value = f.value_ms(limit.metric, limit.stat)
-        exceed = count_above_us(h, limit.threshold * 1000) if n else 0
         pct = limit.percentile
+        if wait.count and pct is not None:
+            # the quantile of the measured and the waiting (beyond the limit) together
+            rank = math.ceil(pct / 100 * (n + wait.count))
+            value = h.get_value_at_percentile(100 * rank / n) / 1000 if rank <= n else math.nan
+            if math.isnan(value):
+                value = wait.shortest_ms
+        elif wait.count and limit.stat == "max":
+            value = max(value, wait.longest_ms) if not math.isnan(value) else wait.longest_ms
+        exceed = count_above_us(h, limit.threshold * 1000) if n else 0
         kind = (
             "quantile"
             if pct is not None
@@ -81,11 +102,13 @@ def limit_observations(
                 kind,  # type: ignore[arg-type]
                 limit.threshold,
                 value,
-                n,
-                exceed,
+                n + wait.count,
+                exceed + wait.count,
                 pct / 100 if pct is not None else None,
                 stddev_us(h) / 1000 if n > 1 else math.nan,
                 upper,
+                mean=mean_us(h) / 1000 if n else math.nan,
+                censored=wait.count,
             )
         )
     return tuple(out)
@@ -97,6 +120,8 @@ def observe_step(
     now_ns: int,
     in_flight: int = 0,
     client_cpu: float = math.nan,
+    collector: Collector | None = None,
+    sent: int = -1,
 ) -> StepObs:
     """The knee machine's view of one collector step."""
     f = step_figures(step, now_ns)
@@ -104,13 +129,15 @@ def observe_step(
     return StepObs(
         completed=c.completed,
         failed=c.failed,
-        limits=limit_observations(step, slo, f),
+        limits=limit_observations(step, slo, f, collector),
         e2e_p99_s=f.value_ms("e2el", "p99") / 1000,
         e2e_max_s=f.value_ms("e2el", "max") / 1000,
+        e2e_p50_s=f.value_ms("e2el", "p50") / 1000,
         send_slip_p99_ms=f.value_ms("send_slip", "p99"),
         slot_wait_p99_ms=f.value_ms("queue_wait", "p99"),
         client_cpu=client_cpu,
         in_flight=in_flight,
+        sent=sent,
         request_throughput=f.per_s(c.completed, math.nan),
         output_throughput=f.per_s(c.output_tokens, math.nan),
         goodput=f.per_s(c.good, math.nan),
@@ -140,6 +167,7 @@ class KneeRunner:
         self._paused = False
         self._cpu_mark: tuple[float, int] | None = None
         self._reported = 0
+        self._events = 0
 
     def _now_s(self) -> float:
         return time.perf_counter_ns() / 1e9
@@ -175,21 +203,39 @@ class KneeRunner:
         cpu = math.nan
         if st is not None and self._cpu_mark is not None and st.t_ns > self._cpu_mark[1] + 5e8:
             cpu = (st.load_cpu_s - self._cpu_mark[0]) / ((st.t_ns - self._cpu_mark[1]) / 1e9)
+        sent = st.sent if st else -1
         if self._judged_idx is None:
-            return StepObs(in_flight=in_flight)
+            return StepObs(in_flight=in_flight, sent=sent)
         step = s.collector.steps[self._judged_idx]
-        return observe_step(step, s.slo, now, in_flight, cpu)
+        return observe_step(step, s.slo, now, in_flight, cpu, s.collector, sent)
 
-    def report_new(self) -> None:
-        """One live line per finished step."""
-        if self.log is None:
-            return
+    def new_lines(self) -> list[str]:
+        """One line per step that got its verdict, and per event (a re-check that flipped a
+        verdict, a confirmation that did not hold), since the last call."""
+        out = []
         for step in self.search.steps[self._reported :]:
             if step.verdict is None:
                 break
-            self.log.write(step_line(step, self.plan) + "\n")
-            self.log.flush()
+            out.append(step_line(step, self.plan))
             self._reported += 1
+        for event in self.search.events[self._events :]:
+            out.append(f"knee: {event}")
+            self._events += 1
+        return out
+
+    def report_new(self) -> None:
+        """The new lines, live on the log."""
+        lines = self.new_lines()
+        if self.log is None or not lines:
+            return
+        self.log.write("\n".join(lines) + "\n")
+        self.log.flush()
+
+    def release(self) -> None:
+        """The search is over (or was stopped): never leave the arrivals paused by a drain."""
+        if self._paused:
+            self.session.resume()
+            self._paused = False
 
 
 def run_knee(
@@ -243,7 +289,7 @@ def run_knee(
     from llmtop.output.writable import write_each
 
     def save() -> None:
-        knee = {"knee": data["knee"], "steps": data["steps"]}
+        knee = snapshot_knee(data)
         save_snapshot(str(save_path), build_snapshot(session, extra, knee=knee))
 
     # each output on its own: one that fails costs neither the other nor the table

@@ -39,6 +39,10 @@ class StatusReported:
     connections: int
     kernel_stamps: int = 0  # reads stamped by the kernel (SO_TIMESTAMPNS)
     user_stamps: int = 0  # reads stamped by the loop (TLS, not Linux, or a failed check)
+    # measured requests in flight or queued for a slot: array('q') of (intended, send, first)
+    # triples (send 0 while queued, first 0 before the first token): TTFT live at the first
+    # token, and requests waiting past a limit counted before they end (issue 11)
+    in_flight_stamps: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -317,8 +318,25 @@ class LoadDriver:
                 connections=len(self.pool.open),
                 kernel_stamps=self.pool.rx_clock.kernel,
                 user_stamps=self.pool.rx_clock.user,
+                in_flight_stamps=self._in_flight_stamps(),
             )
         )
+
+    def _in_flight_stamps(self) -> bytes:
+        """(intended, send, first) of each measured request not yet finished, every 100 ms
+        with the status: one pass over what is in flight, nothing per token."""
+        if not self.in_flight and not self.queue:
+            return b""
+        out = array("q")
+        for ex in self.in_flight:
+            if ex.measured:
+                out.extend((ex.intended_ns, ex.send_ns, ex.stream.first_ns))
+        for i, (intended, measured) in enumerate(self.queue):
+            if i >= 4096:  # the oldest are what a limit breaks first
+                break
+            if measured:
+                out.extend((intended, 0, 0))
+        return out.tobytes()
 
     def _collect(self) -> None:
         """Collect reference cycles (failed connections, exceptions) at a moment we choose.

@@ -118,6 +118,11 @@ class Collector:
         # records of a step already packed away: in the run's figures, not in their step's
         # (the summary reports them as `late_records`)
         self.late_records = 0
+        # TTFT recorded at the first token from the load process's in-flight stamps (the
+        # request's record then skips it), and the latest stamps, for requests still waiting
+        self._early_ttft: set[tuple[int, int, int]] = set()
+        self.in_flight_table = np.empty((0, 3), dtype=np.int64)  # (intended, send, first)
+        self.in_flight_t_ns = 0
         self._rec_step: Step | None = None
         self._win = {m: CountsHistogram() for m in METRICS}
         self._spare = {m: new_histogram() for m in METRICS}
@@ -156,6 +161,35 @@ class Collector:
         self._pending: dict[tuple[int, str], list[Any]] = {}
         for rec in recs:
             self._add(rec)
+        self._flush_pending()
+
+    def in_flight_reported(self, t_ns: int, stamps: bytes) -> None:
+        """The load process's requests still in flight: record the TTFT of those whose first
+        token came since the last report (once), and keep the table for waits past a limit.
+
+        Why: a request reaches the collector when it ends, so with long outputs TTFT would
+        show seconds late and a knee step would be judged on "0 done".
+        """
+        table = np.frombuffer(stamps, dtype=np.int64).reshape(-1, 3) if stamps else None
+        self.in_flight_table = table if table is not None else np.empty((0, 3), np.int64)
+        self.in_flight_t_ns = t_ns
+        if table is None:
+            return
+        firsts = table[table[:, 2] != 0]
+        if not len(firsts):
+            return
+        self._pending = {}
+        for intended, send, first in firsts.tolist():
+            key = (intended, send, first)
+            if key in self._early_ttft:
+                continue
+            self._early_ttft.add(key)
+            self._rec_step = self._step_of(intended) if self.steps else None
+            self._record("ttft", first - send)
+            self._record("ttft_from_intended", first - intended)
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
         for (step_key, metric), parts in self._pending.items():
             step = self.steps[step_key] if step_key >= 0 else None
             if metric == "itl":
@@ -204,6 +238,11 @@ class Collector:
                 step.histograms = {}
 
     def _add(self, rec: RequestRecord) -> None:
+        early = False
+        if self._early_ttft:
+            key = (rec.intended_ns, rec.send_ns, rec.first_ns)
+            early = key in self._early_ttft
+            self._early_ttft.discard(key)
         step = self._rec_step = self._step_of(rec.intended_ns) if self.steps else None
         good = rec.error is None and rec.measured and self._within_limits(rec)
         if step is not None:  # step counters follow the request's send time too
@@ -217,7 +256,7 @@ class Collector:
         self._record("queue_wait", rec.slot_ns - rec.intended_ns)
         if rec.error is not None:
             return
-        self._add_latencies(rec)
+        self._add_latencies(rec, early)
 
     def _count(self, c: Counts, rec: RequestRecord, good: bool) -> None:
         if rec.error == records.CANCELLED:
@@ -246,11 +285,12 @@ class Collector:
             c.cached_known += 1
         c.reasoning_tokens += rec.reasoning_tokens
 
-    def _add_latencies(self, rec: RequestRecord) -> None:
+    def _add_latencies(self, rec: RequestRecord, early: bool = False) -> None:
         if not rec.first_ns:
             return
-        self._record("ttft", rec.first_ns - rec.send_ns)
-        self._record("ttft_from_intended", rec.first_ns - rec.intended_ns)
+        if not early:  # else recorded at its first token (`in_flight_reported`)
+            self._record("ttft", rec.first_ns - rec.send_ns)
+            self._record("ttft_from_intended", rec.first_ns - rec.intended_ns)
         if rec.reasoning_first_ns:  # a reasoning model's stream (llmtop.backends.richstream)
             self._record("ttft_reasoning", rec.reasoning_first_ns - rec.send_ns)
             if rec.answer_first_ns:

@@ -8,6 +8,7 @@ metric and the SLO verdict, so these figures are computed the same way wherever 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,47 @@ class Figures:
 def step_figures(step: Step, now_ns: int | None = None) -> Figures:
     """A rate step's figures (a running step is measured up to `now_ns`)."""
     return Figures(step.all_histograms(), step.counts, step.duration_s(now_ns))
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Requests of a step still in flight that already went past a latency limit."""
+
+    count: int  # past the limit: each will end beyond it (right-censored samples)
+    longest_ms: float  # the longest wait so far (NaN when none)
+    shortest_ms: float  # the shortest wait past the limit (NaN when none)
+
+
+_WAIT_FROM = {  # metric -> (column the wait is measured from, event it waits for)
+    "ttft": (1, 2),
+    "ttft_from_intended": (0, 2),
+    "e2el": (1, None),
+    "e2el_from_intended": (0, None),
+}
+
+
+def waiting_past(collector: Collector, step: Step, metric: str, threshold_ms: float) -> Waiting:
+    """Requests of `step` in flight (at the load process's last report) whose `metric`
+    already exceeds `threshold_ms` though they have not reached the event that ends it:
+    no first token yet for TTFT, not finished for E2E. Other metrics: none."""
+    spec = _WAIT_FROM.get(metric)
+    table = collector.in_flight_table
+    if spec is None or not len(table):
+        return Waiting(0, math.nan, math.nan)
+    col, event = spec
+    mine = table[table[:, 0] >= step.start_ns]
+    if step.end_ns is not None:
+        mine = mine[mine[:, 0] < step.end_ns]
+    mine = mine[mine[:, col] > 0]
+    if event is not None:
+        mine = mine[mine[:, event] == 0]
+    if not len(mine):
+        return Waiting(0, math.nan, math.nan)
+    waits_ms = (collector.in_flight_t_ns - mine[:, col]) / 1e6
+    past = waits_ms[waits_ms > threshold_ms]
+    if not len(past):
+        return Waiting(0, float(waits_ms.max()), math.nan)
+    return Waiting(len(past), float(waits_ms.max()), float(past.min()))
 
 
 def window_figures(collector: Collector) -> Figures:
