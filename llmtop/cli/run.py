@@ -18,7 +18,7 @@ from llmtop.cli.options import (
     workload_options,
 )
 from llmtop.config import RunConfig
-from llmtop.errors import LlmtopError
+from llmtop.errors import EXIT_SLO_BREACHED, LlmtopError
 from llmtop.output.console import (
     ProgressLine,
     client_bottleneck,
@@ -166,3 +166,13 @@ def run_command(**o: Any) -> None:
     if s["completed"] == 0 and s["failed"] > 0:
         kinds = ", ".join(f"{k} {v}" for k, v in s["errors"].items())
         raise LlmtopError(f"every request failed ({kinds})")
+    verdict = s.get("slo") if slo else None
+    if isinstance(verdict, dict) and verdict.get("ok") is False:
+        # the SLO as a CI gate (README, "Exit codes"): every output was written above
+        broken = ", ".join(
+            f"{lim['limit']} ({lim['value']:.4g})"
+            for lim in verdict.get("limits", [])
+            if not lim.get("ok")
+        )
+        click.echo(f"llmtop: the SLO was breached: {broken}", err=True)
+        sys.exit(EXIT_SLO_BREACHED)
