@@ -104,7 +104,7 @@ def nice_max(value: float) -> float:
 
 def to_dot(value: float, top: float, dots: int) -> int:
     """A value on [0, top] to a dot index on [0, dots - 1] (clamped)."""
-    if math.isnan(value) or top <= 0:
+    if value is None or not math.isfinite(value) or not math.isfinite(top) or top <= 0:
         return -1
     return min(max(round(value / top * (dots - 1)), 0), dots - 1)
 
@@ -132,7 +132,8 @@ def sparkline(values: Sequence[float], top: float) -> str:
     """One block character per value, scaled to `top`."""
     out = []
     for v in values:
-        if math.isnan(v) or top <= 0:
+        # closed loop offers an infinite rate; None/NaN/inf are gaps, never a crash
+        if v is None or not math.isfinite(v) or not math.isfinite(top) or top <= 0:
             out.append(" ")
         else:
             out.append(BLOCKS[min(max(round(v / top * 8), 0), 8)])

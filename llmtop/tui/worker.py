@@ -253,18 +253,21 @@ class SessionDriver:
         _ = knee_document  # imported here so a failure shows at the first tick, not the end
 
     def _finish_knee(self, session: Any, result: Any) -> None:
-        from llmtop.knee.document import knee_document
+        from llmtop.knee.document import knee_document, snapshot_knee
 
         runner = self._knee
         self._knee = None
         doc = knee_document(session, runner.judged, result, session.slo, runner.plan, self.extra)
-        self._knee_result = {"knee": doc["knee"], "steps": doc["steps"]}
+        self._knee_result = snapshot_knee(doc)
+        runner.release()  # a search ended during a drain must not leave the arrivals paused
         k = doc["knee"]
-        if k.get("rate") is not None or k.get("concurrency") is not None:
-            value = k.get("rate", k.get("concurrency"))
+        value = k.get("rate") if k.get("rate") is not None else k.get("concurrency")
+        if value is not None:
+            tps = k.get("output_throughput")
+            held = "sustained" if k.get("sustained") else "unconfirmed"
             text = (
-                f"knee: {value:g} ({k.get('confidence', '?')} confidence), "
-                f"{k.get('output_throughput', 0):,.0f} output tok/s"
+                f"knee: {value:g} ({held}, {k.get('confidence', '?')} confidence), "
+                + (f"{tps:,.0f} output tok/s" if isinstance(tps, int | float) else "- tok/s")
             )
         else:
             text = f"knee search ended without a knee: {result.reason}"
