@@ -61,7 +61,12 @@ def metric_value(snap: dict[str, Any], key: str) -> float | None:
     s = snap.get("summary") or {}
     if key.startswith("knee."):
         knee = snap.get("knee") or {}
-        return _num(knee.get(key[5:]))
+        if isinstance(knee.get("knee"), dict):  # snapshots before issue 11 nested it
+            knee = knee["knee"]
+        name = key[5:]
+        if name == "rate" and knee.get("rate") is None:
+            name = "value"  # a concurrency search's knee
+        return _num(knee.get(name))
     if key == "error_rate":
         done = (s.get("completed") or 0) + (s.get("failed") or 0)
         return 100.0 * (s.get("failed") or 0) / done if done else None

@@ -180,7 +180,9 @@ def plot_knee(
         if any(not math.isnan(g) for g in goodput):
             axes[1].plot(xs, goodput, "x--", color=color, alpha=0.7)
         knee = snap.get("knee") or {}
-        rate = _num(knee.get("rate"))
+        if isinstance(knee.get("knee"), dict):  # snapshots before issue 11 nested it
+            knee = knee["knee"]
+        rate = _num(knee.get("rate") if knee.get("rate") is not None else knee.get("value"))
         if not math.isnan(rate) and not math.isinf(rate):
             for ax in axes:
                 ax.axvline(rate, color=color, linestyle=":", alpha=0.8)
