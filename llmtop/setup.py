@@ -41,6 +41,7 @@ _SIM_ARGS = {
     "max_num_tokens": "--max-num-batched-tokens",
     "max_num_batched_tokens": "--max-num-batched-tokens",
     "enable_chunked_prefill": "--enable-chunked-prefill",
+    "enable_prefix_caching": "--enable-prefix-caching",
     "gpu_memory_utilization": "--gpu-memory-utilization",
     "kv_cache_free_gpu_memory_fraction": "--gpu-memory-utilization",
 }

@@ -265,9 +265,8 @@ class SessionDriver:
         if value is not None:
             tps = k.get("output_throughput")
             held = "sustained" if k.get("sustained") else "unconfirmed"
-            text = (
-                f"knee: {value:g} ({held}, {k.get('confidence', '?')} confidence), "
-                + (f"{tps:,.0f} output tok/s" if isinstance(tps, int | float) else "- tok/s")
+            text = f"knee: {value:g} ({held}, {k.get('confidence', '?')} confidence), " + (
+                f"{tps:,.0f} output tok/s" if isinstance(tps, int | float) else "- tok/s"
             )
         else:
             text = f"knee search ended without a knee: {result.reason}"
