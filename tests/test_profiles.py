@@ -198,7 +198,7 @@ def test_search_section_sets_the_knee_flags() -> None:
     knee = pytest.importorskip("llmtop.cli.knee").knee_command
     with knee.make_context("knee", ["--profile", "llama3-8b-tpot-20ms"]) as ctx:
         o = ctx.params
-    assert o["slo"] == "tpot_p99<=20ms" and o["concurrency_search"] is True
+    assert tuple(o["slo"]) == ("tpot_p99<=20ms",) and o["concurrency_search"] is True
     assert o["max_conc"] == 256 and o["factor"] == 2.0 and o["input_len"] == 2048
     with knee.make_context("knee", ["--profile", "llama3-8b-ttft-1s", "--max-rate", "9"]) as ctx:
         o = ctx.params

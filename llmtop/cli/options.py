@@ -76,7 +76,11 @@ def _load_profile_callback(ctx: click.Context, param: click.Parameter, value: An
     if value is None:
         return None
     profile = load_profile(value)
-    ctx.default_map = {**(ctx.default_map or {}), **profile.defaults()}
+    defaults = profile.defaults()
+    for p in ctx.command.params:  # a repeatable flag (knee's --slo tiers) takes a list
+        if getattr(p, "multiple", False) and isinstance(defaults.get(p.name or ""), str):
+            defaults[p.name or ""] = (defaults[p.name or ""],)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta[PROFILE_META] = profile
     return profile
 
