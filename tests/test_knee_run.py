@@ -131,11 +131,13 @@ KSLOT_ARGS = [
     "12",
     "--max-step-s",
     "20",
+    "--confirm-s",
+    "30",
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)
 def test_kslot_knee_matches_queueing_theory_and_repeats(kslot_url: str, tmp_path: Path) -> None:
     expected = theoretical_knee(LIMIT_MS)  # ~122 req/s, rho ~0.86
     assert 0.8 * CAPACITY < expected < 0.9 * CAPACITY
@@ -144,7 +146,9 @@ def test_kslot_knee_matches_queueing_theory_and_repeats(kslot_url: str, tmp_path
     low, high = 0.82 * expected, 1.06 * expected
     knees = []
     for i in range(2):
-        r = run_knee_cli("--url", kslot_url, *KSLOT_ARGS, json_path=tmp_path / f"k{i}.json")
+        r = run_knee_cli(
+            "--url", kslot_url, *KSLOT_ARGS, json_path=tmp_path / f"k{i}.json", timeout=400
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         k = r.data["knee"]
         print(f"run {i}: knee {k['rate']} req/s (theory {expected:.1f}), {k['confidence']}")
@@ -223,8 +227,13 @@ def test_concurrency_search(kslot_url: str, tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     k = r.data["knee"]
-    assert k["concurrency"] == K, r.stdout
-    assert k["output_throughput"] == pytest.approx(K / SERVICE_S * TOKENS, rel=0.25)
+    # K in flight never queue in theory, but at c = K the server has no slack at all: whether
+    # a finished request's slot is free before the client's next request lands is a race on
+    # loopback, so a search that demands a steady state within the SLO may stop one below K.
+    assert k["concurrency"] in (K - 1, K), r.stdout
+    assert k["first_bad"] is None or k["first_bad"] > k["concurrency"]
+    c = k["concurrency"]
+    assert k["output_throughput"] == pytest.approx(c / SERVICE_S * TOKENS, rel=0.25)
 
 
 def test_ctrl_c_keeps_the_steps_so_far(kslot_url: str, tmp_path: Path) -> None:

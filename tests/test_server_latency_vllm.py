@@ -57,7 +57,13 @@ def test_server_latency_from_vllms_histograms(vllm_url: str, tmp_path: Path) -> 
     for key in ("ttft_ms", "queue_ms", "e2el_ms", "itl_ms", "prefill_ms", "decode_ms"):
         m = s[key]
         assert m is not None, key
-        assert m["count"] == (d["itl_ms"]["count"] if key == "itl_ms" else 24), (key, m)
+        # vLLM counts every gap between a request's tokens: 24 × 31. The client counts the
+        # same gaps except the extra tokens of a first chunk that carries more than one (it
+        # has no gap before it), which vLLM sends now and then under load.
+        want = 24 * 31 if key == "itl_ms" else 24
+        assert m["count"] == want, (key, m)
+        if key == "itl_ms":
+            assert 0.97 * want <= d["itl_ms"]["count"] <= want, d["itl_ms"]
         assert {"p50", "p90", "p99", "count"} <= set(m), key
     assert s["ttft_ms"]["source"] == "vllm:time_to_first_token_seconds"
     assert s["queue_ms"]["source"] == "vllm:request_queue_time_seconds"
