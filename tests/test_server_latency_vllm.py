@@ -67,7 +67,7 @@ def test_server_latency_from_vllms_histograms(vllm_url: str, tmp_path: Path) -> 
         assert {"p50", "p90", "p99", "count"} <= set(m), key
     assert s["ttft_ms"]["source"] == "vllm:time_to_first_token_seconds"
     assert s["queue_ms"]["source"] == "vllm:request_queue_time_seconds"
-    assert s["itl_ms"]["count"] == d["itl_ms"]["count"]  # every gap of every request
+    assert s["itl_ms"]["count"] >= d["itl_ms"]["count"]  # the server's: every gap (above)
     lo, hi = s["ttft_ms"]["p50_bucket_ms"]
     assert s["ttft_ms"]["p50"] <= d["ttft_ms"]["p50"] + (hi - lo), (s["ttft_ms"], d["ttft_ms"])
     assert s["queue_ms"]["p50"] <= s["ttft_ms"]["p50"] + (hi - lo)
