@@ -39,6 +39,22 @@ def _loads(text: str) -> Any:
         raise json.JSONDecodeError("nested too deeply", text[:100], 0) from None
 
 
+def _open_dataset(path: str | Path, fmt: str) -> tuple[Path, str, str]:
+    """The file's text and its format (`auto` resolved): one-line errors for both readers."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ConfigError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    try:
+        text = _read_text(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such dataset file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
+    if fmt == "auto":
+        fmt = "sharegpt" if text.lstrip().startswith("[") else "jsonl"
+    return path, fmt, text
+
+
 Prompt = tuple[str, int]  # (text, output tokens; 0 = the workload's output length)
 
 
@@ -103,17 +119,7 @@ def load_dataset(
     ShareGPT replies carry text, not token counts, so their output length is estimated at
     `tokens_per_char` (about 4 characters a token for English with Llama tokenizers).
     """
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise ConfigError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    try:
-        text = _read_text(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such dataset file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
-    if fmt == "auto":
-        fmt = "sharegpt" if text.lstrip().startswith("[") else "jsonl"
+    path, fmt, text = _open_dataset(path, fmt)
     if fmt == "sharegpt":
         try:
             data = _loads(text)
@@ -167,17 +173,7 @@ def load_conversations(
     The assistant replies in the file only give each turn's output length; what a later turn
     resends is the model's actual answer (see `llmtop.load.conversations`).
     """
-    path = Path(path)
-    if fmt not in FORMATS:
-        raise ConfigError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    try:
-        text = _read_text(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such dataset file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read dataset: {exc}") from None
-    if fmt == "auto":
-        fmt = "sharegpt" if text.lstrip().startswith("[") else "jsonl"
+    path, fmt, text = _open_dataset(path, fmt)
     convs: list[tuple[Turn, ...]] = []
     if fmt == "sharegpt":
         try:
