@@ -17,6 +17,7 @@ from llmtop.cli.options import (
     target_options,
     workload_options,
 )
+from llmtop.cli.repeat import repeat_option, run_repeated
 from llmtop.config import RunConfig
 from llmtop.errors import EXIT_SLO_BREACHED, LlmtopError
 from llmtop.output.console import (
@@ -69,24 +70,45 @@ def run_headless(
             ended = drive(session, on_frame, interrupts)
         finally:
             line.clear()
-    if log is not None:
-        log.close()
     if server_samples is not None:
         session.server_series = server_samples()
+    return report_headless(
+        session, ended.interrupted, extra, json_path, save_path, log, requests_path
+    )
+
+
+def report_headless(
+    session: LoadSession,
+    interrupted: bool,
+    extra: dict[str, Any],
+    json_path: str | None,
+    save_path: str | None = None,
+    log: RequestLog | None = None,
+    requests_path: str | None = None,
+    more: dict[str, Any] | None = None,
+) -> HeadlessResult:
+    """The summary of a finished session (with `more` in it), its outputs and its table."""
+    if log is not None:
+        log.close()
     summary = session.summary()
     summary.update(extra)
+    summary.update(more or {})
     summary["llmtop_version"] = __version__
-    summary["interrupted"] = ended.interrupted
+    summary["interrupted"] = interrupted
     if session.stopped is not None:
         summary["stop_reason"] = session.stopped.reason
     summary["bottleneck"] = client_bottleneck(summary)
-    result = HeadlessResult(summary, ended.interrupted, session.failure)
+    result = HeadlessResult(summary, interrupted, session.failure)
     human = sys.stderr if json_path == "-" else sys.stdout  # `--json -`: stdout is the JSON
     # Each output on its own: one that fails costs neither the others nor the table.
     failed = write_each(
         [
             ("--json", json_path, lambda: write_json_output(json_path, summary)),
-            ("--save", save_path, lambda: save_snapshot(save_path, build_snapshot(session, extra))),
+            (
+                "--save",
+                save_path,
+                lambda: save_snapshot(save_path, _snapshot(session, extra, more)),
+            ),
         ]
     )
     result.output_errors = list(failed.values())
@@ -99,6 +121,15 @@ def run_headless(
     if save_path and "--save" not in failed:
         human.write(f"snapshot    {save_path}\n")
     return result
+
+
+def _snapshot(
+    session: LoadSession, extra: dict[str, Any], more: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The session's snapshot; `more` (the repeats) in its summary too."""
+    snap = build_snapshot(session, extra)
+    snap["summary"].update(more or {})
+    return snap
 
 
 @click.command("run")
@@ -131,6 +162,7 @@ def run_headless(
     default=None,
     help="Live progress line on stderr (default: on a terminal).",
 )
+@repeat_option
 def run_command(**o: Any) -> None:
     """Run a load headless and report TTFT, TPOT, ITL, E2E and throughput."""
     opts = RunOptions.from_params(o)
@@ -141,17 +173,30 @@ def run_command(**o: Any) -> None:
     with prepared(opts) as prep:
         poller = prep.start_poller(lambda m: click.echo(f"llmtop: warning: {m}", err=True))
         try:
-            result = run_headless(
-                prep.config,
-                prep.extra,
-                o["json_path"],
-                progress,
-                slo,
-                server_sample=poller.latest,
-                server_samples=poller.finish,
-                save_path=o["save_path"],
-                requests_path=o["requests_path"],
-            )
+            if o["repeat"] > 1:  # docs/repeat.md
+                rep = run_repeated(prep, o["repeat"], progress, slo, poller, o["requests_path"])
+                result = report_headless(
+                    rep.session,
+                    rep.interrupted,
+                    prep.extra,
+                    o["json_path"],
+                    o["save_path"],
+                    rep.log,
+                    o["requests_path"],
+                    more=rep.more,
+                )
+            else:
+                result = run_headless(
+                    prep.config,
+                    prep.extra,
+                    o["json_path"],
+                    progress,
+                    slo,
+                    server_sample=poller.latest,
+                    server_samples=poller.finish,
+                    save_path=o["save_path"],
+                    requests_path=o["requests_path"],
+                )
         finally:
             poller.stop()
     if result.failure or result.output_errors:

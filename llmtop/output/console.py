@@ -13,6 +13,7 @@ from llmtop.metrics.catalog import METRICS, rows
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.output.jsonfile import dumps, write_json_atomic
 from llmtop.output.observe import observe_lines
+from llmtop.output.repeats import repeat_lines
 from llmtop.output.workers import client_bound_part, worker_lines
 from llmtop.output.workloads import cache_lines, turn_lines
 
@@ -196,6 +197,7 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     lines.append("(* from the intended send time: includes any client-side delay)")
     lines.extend(turn_lines(summary))
     lines.extend(observe_lines(summary))  # the server's own latency split, GPU energy
+    lines.extend(repeat_lines(summary))  # run --repeat N: across runs and pooled
     if summary.get("notes"):
         lines.extend(f"note: {n}" for n in summary["notes"])
     stamps = summary.get("receive_stamps") or {}
