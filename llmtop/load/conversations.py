@@ -138,8 +138,9 @@ class Conversations:
 
     # -- the turns ----------------------------------------------------------------------
     def _new(self, measured: bool) -> Conversation:
-        i = self.started
-        self.started = i + 1
+        take = getattr(self.factory, "take_index", None)  # a worker of a group: the global index
+        i = take(max(self.turns, 1)) if take is not None else self.started
+        self.started += 1
         if self.dataset:
             src = self.dataset[i % len(self.dataset)]
             if self.turns > 0:

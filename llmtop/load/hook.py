@@ -51,14 +51,18 @@ class DealtPrompts:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._factory, name)
 
-    def build(self) -> bytes:
-        f = self._factory
-        if self._indices:
-            f._i = self._indices.popleft()
-        else:  # closed loop: worker i sends i, i + N, i + 2N, ... of the sequence
-            f._i = self._index + self._count * self._n
+    def take_index(self, stride: int = 1) -> int:
+        """The global index of this worker's next arrival; the factory's next prompt is then
+        that arrival's (`stride` prompts an arrival: a conversation takes one a turn)."""
+        # open loop: the dealt arrivals' indices; closed loop: worker i sends i, i + N, ...
+        k = self._indices.popleft() if self._indices else self._index + self._count * self._n
         self._n += 1
-        return f.build()
+        self._factory._i = k * stride
+        return k
+
+    def build(self) -> bytes:
+        self.take_index()
+        return self._factory.build()
 
 
 class WorkerHook:
@@ -106,6 +110,12 @@ class WorkerHook:
                 )
         elif share.dealing and factory is not None:
             driver.factory = DealtPrompts(factory, None, share.index, share.count)
+        convs = getattr(driver, "convs", None)
+        if convs is not None and share.dealing:
+            # conversation k of the group is the one a single process would start k-th (its
+            # dataset entry, its prompts); think times are drawn per worker
+            convs.factory = driver.factory
+            convs.rng = random.Random(f"{share.seed}:think:{share.index}")
         self._ctl = Pacer(loop, self._apply_due)
         self._probe = Pacer(loop, self._on_probe)
         early, self._early = self._early, []
