@@ -39,7 +39,11 @@ async def test_the_workers_line_shows_each_worker_and_the_verdict() -> None:
         assert "#0 CPU 41% slip p99 0.21 ms" in text and "#1 CPU 97% slip p99 1.80 ms" in text
         assert "#2 lost" in text and "the CLIENT is the bottleneck" in text
         log = app.query_one(EventLog)
-        assert sum(BOUND in t for t in log.lines_text) == 1
+        # the guard is about the client and says so first: no "server:" that reads as a label
+        guard = [t for t in log.lines_text if "worker 1 CPU 97 %" in t]
+        assert len(guard) == 1
+        assert guard[0].split(" ", 1)[1].startswith("CLIENT-BOUND: worker 1 CPU 97 %")
+        assert "server" not in guard[0]
         app.post_message(TelemetryReceived(dataclasses.replace(bound, t_ns=bound.t_ns + 1)))
         await pilot.pause()
-        assert sum(BOUND in t for t in log.lines_text) == 1  # said once while it lasts
+        assert sum("worker 1 CPU 97 %" in t for t in log.lines_text) == 1  # once while it lasts

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from llmtop.cli.knee import DurationType
 from llmtop.cli.options import (
     RunOptions,
     echo_err,
@@ -32,6 +33,10 @@ from llmtop.output.writable import check_outputs
 UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
 UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
 WORKER_GRACE_S = 15.0
+# The `a` search in the UI stops after this long unless --budget says otherwise: an operator
+# watching waits minutes, not the tens a full search with long holds can take; what the
+# budget cuts short is reported as a bracket, "unconfirmed" (docs/knee.md), never as a knee.
+UI_KNEE_BUDGET_S = 300.0
 
 # The UI's own defaults, shown as such in `llmtop ui --help`.
 ui_load_options = make_load_options(
@@ -92,6 +97,32 @@ class RateStepType(click.ParamType):
     type=click.Path(dir_okay=False),
     help="Write a snapshot here when the UI quits (the `s` key saves one any time).",
 )
+@click.option(
+    "--min-step-s",
+    type=float,
+    default=None,
+    help="The `a` search: least measured time a step holds (default 6).",
+)
+@click.option(
+    "--max-step",
+    type=DurationType(),
+    default=None,
+    help="The `a` search: most measured time a step holds (default 180s).",
+)
+@click.option(
+    "--confirm-s",
+    type=DurationType(),
+    default=None,
+    help="The `a` search: how long the knee is held again before it is called sustained"
+    " (default: max(60 s, 20 × E2E p50)).",
+)
+@click.option(
+    "--budget",
+    type=DurationType(),
+    default=f"{UI_KNEE_BUDGET_S:g}s",
+    show_default=True,
+    help="The `a` search: at most this long; cut short, the answer is the bracket found.",
+)
 @click.option("--exit-after", type=float, hidden=True, help="Quit after this many seconds.")
 @click.pass_context
 def ui_command(ctx: click.Context, target_url: str | None, **o: Any) -> None:
@@ -134,6 +165,7 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
     if o.get("exit_after") is not None and not o["exit_after"] > 0:
         raise ConfigError("--exit-after must be > 0")
     slo = parse_slo(o.get("slo"))
+    knee_options = knee_plan_options(o)
     check_outputs({"--save": o.get("save")})  # before the load, not when the UI quits
     if no_terminal():
         raise ConfigError(
@@ -156,7 +188,11 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
             return LoadSession(prep.config, slo, server_sample=poller.latest)
 
         driver = SessionDriver(
-            make_session, extra, save_path=o.get("save"), server_series=poller.samples
+            make_session,
+            extra,
+            save_path=o.get("save"),
+            server_series=poller.samples,
+            knee_options=knee_options,
         )
         try:
             driver.start()
@@ -175,24 +211,58 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
+            if not driver.ran.is_set():  # the app failed before the worker began
+                driver.abandon()
             if not driver.done.is_set():  # the app ended without waiting: stop the load now
                 driver.send(Stop())
                 driver.done.wait(WORKER_GRACE_S)
             poller.stop()
+        if app.crashed:
+            # one line, with the terminal back; the load is stopped and its results kept
+            _epilogue(driver, failed=f"the UI failed ({app.crashed})")
+            return 1
         _epilogue(driver)
     return 0
 
 
-def _epilogue(driver: Any) -> None:
-    """One line after the UI: what was measured, and where it was saved."""
+def knee_plan_options(o: dict[str, Any]) -> dict[str, Any]:
+    """The `a` search's knobs (KneePlan fields), checked before the load starts."""
+    from llmtop.knee.search import KneePlan
+
+    out: dict[str, Any] = {"budget_s": o.get("budget")}
+    if o.get("min_step_s") is not None:
+        if not 0 < o["min_step_s"] < 86_400:
+            raise ConfigError(f"--min-step-s must be > 0, got {o['min_step_s']:g}")
+        out["min_step_s"] = o["min_step_s"]
+    if o.get("max_step") is not None:
+        out["max_step_s"] = o["max_step"]
+    if o.get("confirm_s") is not None:
+        out["confirm_s"] = o["confirm_s"]
+    try:
+        KneePlan(**out)  # the same checks the search makes, before the UI opens
+    except ValueError as exc:
+        raise ConfigError(f"the `a` search: {exc}") from None
+    return out
+
+
+def _epilogue(driver: Any, failed: str | None = None) -> None:
+    """What was measured and where it was saved, after the UI; with `failed` (the UI itself
+    broke) all of it on one line, which says so first."""
     session = driver.session
-    if session is None:
+    parts = [failed] if failed else []
+    if session is not None:
+        with contextlib.suppress(Exception):
+            c = session.collector.counts
+            parts.append(f"{c.completed:,} requests completed, {c.failed:,} failed")
+            if session.failure:
+                parts.append(f"the load failed: {session.failure.splitlines()[0]}")
+    if failed:
+        parts.append("the load was stopped")
+        if driver.saved:
+            parts.append(f"snapshot saved to {driver.saved}")
+        click.echo("llmtop: " + "; ".join(redact(p) for p in parts), err=True)
         return
-    with contextlib.suppress(Exception):
-        c = session.collector.counts
-        line = f"llmtop: {c.completed:,} requests completed, {c.failed:,} failed"
-        if session.failure:
-            line += f"; the load failed: {session.failure.splitlines()[0]}"
-        click.echo(line, err=True)
+    if parts:
+        click.echo("llmtop: " + "; ".join(parts), err=True)
     if driver.saved:
         click.echo(f"llmtop: snapshot saved to {driver.saved}", err=True)

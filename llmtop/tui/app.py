@@ -7,6 +7,7 @@ it never calls the load session itself (see worker.py for why).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import math
 from functools import partial
@@ -22,7 +23,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from llmtop.errors import redact
 from llmtop.metrics.telemetry import Telemetry
+from llmtop.output.workers import client_bound_part
+from llmtop.slo import Slo
 from llmtop.tui import commands as cmd
 from llmtop.tui.messages import (
     CommandApplied,
@@ -52,6 +56,7 @@ from llmtop.tui.widgets.knee_curve import KneeCurve
 from llmtop.tui.widgets.rate_input import RateInputScreen
 from llmtop.tui.widgets.rate_panel import RatePanel
 from llmtop.tui.widgets.server_panel import ServerPanel
+from llmtop.tui.widgets.slo_input import SloInputScreen
 from llmtop.tui.widgets.spectrum import SpectrumPanel
 from llmtop.tui.widgets.throughput import ThroughputPanel
 from llmtop.tui.widgets.timeseries import LatencyChart
@@ -122,12 +127,14 @@ class LlmtopApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up", "rate_up", "rate+"),
         Binding("down", "rate_down", "rate−"),
-        Binding("pageup", "rate_double", "×2"),
-        Binding("pagedown", "rate_half", "÷2"),
+        # PgUp / PgDn are in the help screen: with them the footer does not fit 80 columns
+        Binding("pageup", "rate_double", "×2", show=False),
+        Binding("pagedown", "rate_half", "÷2", show=False),
         Binding("equals_sign,e", "type_rate", "set", key_display="="),
         Binding("space", "pause", "pause"),
         Binding("r", "reset_window", "reset"),
         Binding("s", "snapshot", "save"),
+        Binding("l", "set_slo", "SLO"),
         Binding("a", "knee", "knee"),
         Binding("p", "spectrum", "spectrum", show=False),  # listed in the help screen
         Binding("question_mark", "help", "help", key_display="?"),
@@ -161,6 +168,7 @@ class LlmtopApp(App[int]):
         self._pending: float | None = None  # a rate sent that the load has not reported yet
         self._early: list[Message] = []  # news that came before the screen was up
         self.main: MainScreen
+        self.crashed: str | None = None  # a widget's exception: one line, printed after exit
 
     # -- layout -------------------------------------------------------------------------
     def get_default_screen(self) -> MainScreen:
@@ -173,7 +181,7 @@ class LlmtopApp(App[int]):
         for early in self._early:
             self.post_message(early)
         self._early.clear()
-        slo = self.info.slo.text if self.info.slo else "none (--slo to judge)"
+        slo = self.info.slo.text if self.info.slo else "none (l sets one)"
         self.log_event(f"started: {self.info.mode}; SLO {slo}; ? for help")
         if self.driver is not None:
             self.run_worker(
@@ -215,13 +223,16 @@ class LlmtopApp(App[int]):
     def _events_from(self, f: Telemetry) -> None:
         """Turn changes between frames into log lines: phases, SLO breaches, new errors."""
         if f.client_bound and not getattr(self, "_client_bound", False):
-            self.log_event(f.client_bound, "bold red")  # the workers' guard (docs/scale.md)
+            # the workers' guard (docs/scale.md): about the client, and labelled so
+            self.log_event(client_bound_part(f) or f.client_bound, "bold red")
         self._client_bound = bool(f.client_bound)
         if f.phase != self._phase:
             if self._phase:
                 self.log_event(f"phase: {f.phase}")
             self._phase = f.phase
         for r in f.slo:
+            if r.limit not in self.info.slo.limits:
+                continue  # judged on an SLO the operator has since replaced (the l key)
             key = r.limit.text
             if math.isnan(r.value):
                 continue
@@ -272,9 +283,9 @@ class LlmtopApp(App[int]):
         header = self.main.query_one(RunHeader)
         if message.failure:
             header.state = "FAILED"
-            first = message.failure.splitlines()[0]
+            first = redact(message.failure).splitlines()[0]
             self.log_event(f"the load stopped: {first}", "bold red")
-            self.notify(first, title="load failed", severity="error", timeout=30)
+            self.notify(first, title="load failed", severity="error", timeout=30, markup=False)
         else:
             header.state = "stopping" if self.quitting else "finished"
             self.log_event(f"the load stopped: {message.reason}; q quits", "yellow")
@@ -287,6 +298,9 @@ class LlmtopApp(App[int]):
             self.exit(0)
 
     def log_event(self, text: str, style: str = "") -> None:
+        """Every line passes redact(): error texts and knee notes may carry a server's
+        strings, and a terminal control in them must not reach the terminal."""
+        text = redact(text)
         elapsed = self.telemetry.elapsed_s if self.telemetry else 0.0
         with contextlib.suppress(NoMatches):  # late news while the app shuts down
             log = self.main.query_one(EventLog)
@@ -364,6 +378,30 @@ class LlmtopApp(App[int]):
         self._send(cmd.SaveSnapshot(str(path)))
         self.log_event(f"saving a snapshot to {path}…")
 
+    def action_set_slo(self) -> None:
+        """Type an SLO (as --slo): the gauges, goodput and a following `a` search use it."""
+
+        def done(slo: Slo | None) -> None:
+            if slo is not None:
+                self.apply_slo(slo)
+
+        self.push_screen(SloInputScreen(self.info.slo), done)
+
+    def apply_slo(self, slo: Slo) -> None:
+        """Every widget that draws the SLO takes the new one now; the worker judges by it."""
+        self.info = dataclasses.replace(self.info, slo=slo)
+        self._breached.clear()
+        for gauge in self.main.query(LatencyGauge):
+            gauge.set_slo(slo)
+        self.main.query_one(ThroughputPanel).set_slo(slo)
+        self.main.query_one(LatencyChart).slo = slo
+        self.main.query_one(LatencyChart).refresh()
+        self.main.query_one(KneeCurve).slo = slo
+        self.main.query_one(KneeCurve).refresh()
+        self._send(cmd.SetSlo(slo))
+        if self.driver is None:
+            self.log_event(f"SLO → {slo.text or 'none'}", "cyan")
+
     def action_knee(self) -> None:
         self._send(cmd.StartKnee())
 
@@ -380,6 +418,21 @@ class LlmtopApp(App[int]):
             self.pop_screen()
             return
         self.push_screen(HelpScreen(knee=self.info.knee, rate_step=self.info.rate_step))
+
+    def _handle_exception(self, error: Exception) -> None:
+        """A widget (or handler) raised: the app exits, so the load must stop with it.
+
+        The worker stops the load and keeps its results (the --save snapshot, as on q);
+        the CLI prints one line instead of Textual's traceback once the terminal is back
+        and exits non-zero (`crashed`).
+        """
+        first = (str(error).splitlines() or [""])[0]
+        self.crashed = redact(f"{type(error).__name__}: {first}".rstrip(": "))
+        self.quitting = True
+        self._send(cmd.Stop())
+        super()._handle_exception(error)
+        if self.driver is not None:  # the CLI says it in one line; pilot tests re-raise
+            self._exit_renderables.clear()
 
     async def action_quit(self) -> None:
         """Stop the load (keeping its results), then leave; a second press leaves at once."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmtop.slo import Slo
+
 
 @dataclass(frozen=True)
 class SetRate:
@@ -46,6 +48,13 @@ class SaveSnapshot:
 
 
 @dataclass(frozen=True)
+class SetSlo:
+    """Judge by this SLO from now on (the `l` key): the gauges, goodput, the `a` search."""
+
+    slo: Slo
+
+
+@dataclass(frozen=True)
 class StartKnee:
     """Run the knee search step by step from the worker (when llmtop.knee.search is available)."""
 
@@ -55,4 +64,14 @@ class Stop:
     """Stop the load, keep what was measured, and end the worker."""
 
 
-Command = SetRate | SetConcurrency | Pause | Resume | ResetWindow | SaveSnapshot | StartKnee | Stop
+Command = (
+    SetRate
+    | SetConcurrency
+    | Pause
+    | Resume
+    | ResetWindow
+    | SaveSnapshot
+    | SetSlo
+    | StartKnee
+    | Stop
+)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtop.errors import redact
 from llmtop.metrics import catalog
 from llmtop.metrics.collector import Step
 from llmtop.metrics.figures import step_figures
@@ -44,6 +45,7 @@ class RunInfo:
         cls, extra: dict[str, Any], plan: Any, slo: Slo | None = None, **kw: Any
     ) -> RunInfo:
         """Build from `PreparedRun.extra` (the target and load descriptions) and the plan."""
+        extra = redact(extra)  # the model id and engine label come from the server
         target = extra.get("target") or {}
         sim = target.get("sim")
         engine_info = extra.get("engine") or {}

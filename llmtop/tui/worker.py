@@ -48,8 +48,10 @@ class SessionDriver:
         extra: dict[str, Any],
         save_path: str | None = None,
         server_series: Callable[[], list[dict[str, Any]]] | None = None,
+        knee_options: dict[str, Any] | None = None,
     ) -> None:
         self._make_session = make_session
+        self.knee_options = knee_options or {}  # KneePlan fields for `a` (--budget, ...)
         self.extra = extra
         self.save_path = save_path
         self.server_series = server_series
@@ -61,6 +63,7 @@ class SessionDriver:
         self._steps_cache: dict[int, StepPoint] = {}
         self._knee: Any = None
         self._next_steps = 0.0
+        self.ran = threading.Event()  # run() began: only it may end the session now
 
     # -- the UI side --------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
@@ -80,6 +83,7 @@ class SessionDriver:
 
     def run(self, post: Callable[[Message], object]) -> None:
         """The worker body: drive the session until Stop, then keep its results."""
+        self.ran.set()
         self._post = post
         session = self.session
         saved: str | None = None
@@ -101,6 +105,14 @@ class SessionDriver:
                 saved = self.saved = self._save(session, self.save_path)
             post(LoadClosed(saved))
             self.done.set()
+
+    def abandon(self) -> None:
+        """The app ended before run() began (it failed while starting): stop the load here,
+        keeping what it measured, so no load process is left running unseen."""
+        if self.session is None or self.ran.is_set():
+            return
+        self.send(cmd.Stop())
+        self.run(lambda m: None)
 
     def _on_frame(self, frame: Telemetry | None) -> bool:
         """Between pumps: apply the operator's commands, post what changed; True on Stop."""
@@ -144,6 +156,9 @@ class SessionDriver:
         if isinstance(c, cmd.StartKnee):
             self._start_knee(session)
             return
+        if isinstance(c, cmd.SetSlo):
+            self._set_slo(session, c.slo)
+            return
         if finished:
             self._post(CommandApplied("the load has stopped: nothing to change"))
             return
@@ -165,6 +180,22 @@ class SessionDriver:
         elif isinstance(c, cmd.ResetWindow):
             session.collector.reset_window()
             self._post(CommandApplied("window reset"))
+
+    def _set_slo(self, session: Any, slo: Any) -> None:
+        """Judge by a new SLO from the next frame on: the gauges, goodput, the step points.
+
+        A knee search under way was judged on the old SLO: it ends here, keeping its steps.
+        """
+        if self._knee is not None:
+            runner = self._knee
+            self._finish_knee(session, runner.search.stop(time.perf_counter_ns() / 1e9).result)
+        session.slo = slo
+        limits_ms = slo.per_request_limits_ms()
+        session.collector.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
+        session.process.limits_ms = limits_ms
+        self._steps_cache.clear()  # settled steps' verdicts were on the old SLO
+        self._next_steps = 0.0
+        self._post(CommandApplied(f"SLO → {slo.text or 'none'}"))
 
     def _save(self, session: Any, path: str) -> str | None:
         from llmtop.output.snapshot import SnapshotError, build_snapshot, save_snapshot
@@ -208,7 +239,7 @@ class SessionDriver:
             self._post(KneeReported("the load has stopped: no knee search", done=True))
             return
         if not session.slo:
-            self._post(KneeReported("knee search needs an SLO: start with --slo", done=True))
+            self._post(KneeReported("knee search needs an SLO: press l to set one", done=True))
             return
         closed = session.config.plan.closed_loop
         st = session.status
@@ -220,6 +251,7 @@ class SessionDriver:
             mode="concurrency" if closed else "rate",
             start=start,
             max_value=max(start * 64, 1024.0 if closed else 1000.0),
+            **self.knee_options,
         )
         runner = KneeRunner(session, plan, log=None)
         self._knee = runner

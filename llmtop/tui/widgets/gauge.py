@@ -37,20 +37,28 @@ class LatencyGauge(Widget):
     def __init__(self, metric: str, label: str, definition: str, slo: Slo, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.metric = metric
-        self.limit = slo.limit_for(metric)
         self.border_title = label
-        lim = self.limit
-        self.border_subtitle = (
-            f"{lim.stat}{_OPS.get(lim.op, lim.op)}{format_ms(lim.threshold)}" if lim else ""
-        )
         self.tooltip = f"{label}: {definition}"
         self._top = 0.0  # the bar's scale without an SLO: only grows, so bars don't jump
         self.level = NEUTRAL
+        self.set_slo(slo)
+
+    def set_slo(self, slo: Slo) -> None:
+        """Judge by this SLO from now on (the `l` key): its mark, subtitle and colour."""
+        self.slo = slo
+        self.limit = lim = slo.limit_for(self.metric)
+        self.border_subtitle = (
+            f"{lim.stat}{_OPS.get(lim.op, lim.op)}{format_ms(lim.threshold)}" if lim else ""
+        )
+        self.watch_frame(self.frame)
+        self.refresh()
 
     def watch_frame(self, frame: Telemetry | None) -> None:
         if frame is None:
             return
-        self.level = colour_for(results_for(frame.slo, self.metric))
+        # only the SLO in force: a frame judged before the `l` key changed it says nothing
+        results = [r for r in results_for(frame.slo, self.metric) if r.limit in self.slo.limits]
+        self.level = colour_for(results)
         for lvl in ("green", "amber", "red", "neutral"):
             self.set_class(self.level == lvl, f"-{lvl}")
 

@@ -10,9 +10,12 @@ import math
 from typing import Any, ClassVar
 
 from rich.console import Group
+from rich.markup import escape
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
+
+from llmtop.errors import redact
 
 MAX_ROWS = 8  # GPUs listed one a line; more are summed in the total only
 
@@ -27,7 +30,8 @@ def gpu_rows(gpu: dict[str, Any]) -> list[tuple[str, str]]:
         gib = _fmt(mem / 1024 if isinstance(mem, int | float) else None, "{:.1f} GiB")
         return f"{util:>5} {watts:>8} {gib:>9}"
 
-    rows = [(f"gpu {g.get('gpu', '?')}", cells(g)) for g in gpu.get("gpus", [])[:MAX_ROWS]]
+    gpus = gpu.get("gpus", [])[:MAX_ROWS]
+    rows = [(redact(f"gpu {g.get('gpu', '?')}"), cells(g)) for g in gpus]  # a label it sent
     total = gpu.get("total") or {}
     if len(gpu.get("gpus", [])) != 1:
         rows.append((f"all {total.get('gpus', 0)}", cells(total)))
@@ -48,7 +52,7 @@ class GpuPanel(Widget):
         gpu = (server or {}).get("gpu")
         self.display = isinstance(gpu, dict)
         if isinstance(gpu, dict):
-            self.border_title = f"gpu ({gpu.get('source', '?')})"
+            self.border_title = escape(redact(f"gpu ({gpu.get('source', '?')})"))
 
     def render(self) -> Group:
         v = self.get_component_rich_style("rate--value")

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from llmtop.errors import redact
 from llmtop.metrics.telemetry import Telemetry
 from llmtop.tui.model import RunInfo, format_elapsed
 
@@ -22,6 +23,8 @@ class RunHeader(Widget):
     def __init__(self, info: RunInfo, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.info = info
+        # the URL, engine label and model id are the server's words: no terminal controls
+        self._url, self._engine, self._model = redact([info.url, info.engine, info.model])
 
     def render(self) -> Text:
         name = self.get_component_rich_style("header--name")
@@ -35,11 +38,11 @@ class RunHeader(Widget):
             (f" {self.state} ", st),
             (elapsed, ""),
             sep,
-            (self.info.url or "(no target)", ""),
+            (self._url or "(no target)", ""),
             sep,
-            (self.info.engine, ""),
+            (self._engine, ""),
             sep,
-            (self.info.model or "?", ""),
+            (self._model or "?", ""),
             sep,
             (self.info.mode, ""),
             no_wrap=True,

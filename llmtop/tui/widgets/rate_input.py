@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -39,7 +40,7 @@ class RateInputScreen(ModalScreen[float | None]):
             if self.closed_loop and rate != int(rate):
                 raise ValueError("concurrency is a whole number of requests")
         except ValueError as exc:
-            self.query_one("#rate-error", Label).update(str(exc))
+            self.query_one("#rate-error", Label).update(Text(str(exc)))  # as typed: no markup
             return
         self.dismiss(rate)
 

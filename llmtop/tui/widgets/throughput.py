@@ -10,6 +10,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from llmtop.metrics.telemetry import Telemetry
+from llmtop.slo import Slo
 from llmtop.tui.model import colour_for, results_for
 
 
@@ -29,7 +30,14 @@ class ThroughputPanel(Widget):
     def __init__(self, has_slo: bool, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.has_slo = has_slo
+        self.slo: Slo | None = None  # once set (the `l` key), results outside it are stale
         self._failed_seen: list[tuple[float, int]] = []  # (elapsed, failed), UI thread only
+
+    def set_slo(self, slo: Slo) -> None:
+        """Judge by this SLO from now on (the `l` key)."""
+        self.slo = slo
+        self.has_slo = bool(slo)
+        self.refresh()
 
     def watch_frame(self, frame: Telemetry | None) -> None:
         if frame is not None:
@@ -68,6 +76,8 @@ class ThroughputPanel(Widget):
                 t.append(f" ({share:.0%})", lab)
         t.append("   Errors ", lab)
         err_results = results_for(f.slo, "error_rate")
+        if self.slo is not None:
+            err_results = [r for r in err_results if r.limit in self.slo.limits]
         level = colour_for(err_results)
         recent = self.recent_failures()
         if level == "neutral":
