@@ -3,19 +3,23 @@ against the scripted server on loopback, Ctrl-C and bad input included."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from llmtop.cli.repeat import ESTIMATORS
+from llmtop.cli.repeat import ESTIMATORS, wait_drained
+from llmtop.engines.detect import detect_engine
 from llmtop.knee.stats import binom_cdf, quantile_ci_ranks
 from llmtop.metrics.collector import Collector, Counts
 from llmtop.metrics.figures import Figures, run_figures
@@ -29,6 +33,7 @@ from llmtop.metrics.repeats import (
     repeats_block,
 )
 from llmtop.metrics.turns import TurnFigures
+from llmtop.session import Interrupts
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 from tests.support.scripted_server import Script, ScriptedServer
 
@@ -154,6 +159,8 @@ def test_repeat_three_runs_json_table_snapshot_and_slo(
         "ttft_p99<=1ms",  # the server waits 20 ms before the first token: breached
         "--save",
         str(snap),
+        "--save-requests",
+        str(tmp_path / "requests.jsonl"),
         json_path=tmp_path / "o.json",
     )
     assert r.returncode == 3, r.stderr  # the pooled whole-run SLO, as for one run
@@ -188,6 +195,36 @@ def test_repeat_three_runs_json_table_snapshot_and_slo(
     assert [st["label"] for st in s["steps"]] == ["run 1", "run 2", "run 3"]
     assert [st["completed"] for st in s["steps"]] == [15, 15, 15]
     assert s["summary"]["repeats"]["n"] == 3 and s["summary"]["completed"] == 45
+    # --save-requests: every run's requests, `step` being the run (0-based)
+    rows = [json.loads(x) for x in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert sorted(Counter(row["step"] for row in rows).items()) == [(0, 15), (1, 15), (2, 15)]
+
+
+def test_drain_waits_for_the_servers_running_gauge() -> None:
+    """A request of someone's still streaming: the wait sees it on /metrics, gives up at its
+    timeout with a note, and reads "drained" once it ended."""
+    with ScriptedServer(Script(ttft_ms=10, itl_ms=20)) as srv:
+        engine = detect_engine(srv.url, {})
+        host, port = srv.url.removeprefix("http://").split(":")
+        body = {"model": "scripted", "prompt": [1, 2, 3], "max_tokens": 60, "stream": True}
+
+        def stream() -> None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request(
+                "POST", "/v1/completions", json.dumps(body), {"content-type": "application/json"}
+            )
+            conn.getresponse().read()
+            conn.close()
+
+        sender = threading.Thread(target=stream)
+        sender.start()
+        try:
+            time.sleep(0.2)  # the stream takes ~1.2 s
+            busy = wait_drained(engine, {}, Interrupts(), timeout_s=0.3, poll_s=0.05)
+        finally:
+            sender.join(30)
+        assert "still had 1 running and 0 waiting" in busy
+        assert wait_drained(engine, {}, Interrupts(), timeout_s=5).startswith("server drained")
 
 
 def test_ctrl_c_in_a_repeat_keeps_the_runs_so_far(server: ScriptedServer, tmp_path: Path) -> None:

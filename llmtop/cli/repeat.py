@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
+from llmtop.engines.detect import EngineInfo
 from llmtop.engines.poller import MetricsPoller
 from llmtop.errors import ConfigError
 from llmtop.knee.stats import mean_ci, quantile_ci_ranks
@@ -67,14 +68,15 @@ repeat_option = click.option(
 
 
 def wait_drained(
-    prep: PreparedRun,
+    engine: EngineInfo,
+    headers: Mapping[str, str],
     interrupts: Interrupts,
     timeout_s: float = DRAIN_TIMEOUT_S,
     poll_s: float = DRAIN_POLL_S,
 ) -> str:
     """Wait until the server's running and waiting gauges read 0 (our requests are done:
     the last session closed its load process); a note saying what was seen."""
-    poller = MetricsPoller.for_engine(prep.engine, prep.config.target.auth_headers())
+    poller = MetricsPoller.for_engine(engine, headers)
     started = time.monotonic()
     while True:
         sample = None if poller.given_up else poller.poll_once()
@@ -95,7 +97,7 @@ def wait_drained(
 
 def between_runs(prep: PreparedRun, interrupts: Interrupts, echo: Echo) -> tuple[str, ...]:
     """Drain, then empty the prefix cache (a reset fails while requests hold blocks)."""
-    notes = [wait_drained(prep, interrupts)]
+    notes = [wait_drained(prep.engine, prep.config.target.auth_headers(), interrupts)]
     done, note = prep.reset_prefix_cache()
     note = note.removeprefix("--reset-prefix-cache: ")
     notes.append(note if done else f"prefix cache not reset: {note}")
@@ -160,8 +162,10 @@ def run_repeated(
     with Interrupts() as interrupts:
         for k in range(1, n + 1):
             notes = between_runs(prep, interrupts, echo) if k > 1 else ()
-            if interrupts.count:
+            if interrupts.count:  # between two runs: the runs so far are the results
                 interrupted = True
+                if session is not None:
+                    session.interrupted_by = interrupts.last or "an interrupt"
                 break
             session = LoadSession(config, slo, server_sample=poller.latest)
             session.start()
