@@ -32,7 +32,8 @@ ROWS: tuple[Row, ...] = (
     ("e2el_ms.p50", "E2E p50", "ms", "lower"),
     ("e2el_ms.p99", "E2E p99", "ms", "lower"),
     ("error_rate", "Error rate", "%", "lower"),
-    ("knee.rate", "Knee (highest load within SLO)", "", "higher"),
+    ("knee.rate", "Knee rate (highest within SLO)", "req/s", "higher"),
+    ("knee.concurrency", "Knee concurrency (highest within SLO)", "", "higher"),
     ("knee.output_throughput", "Knee output throughput", "tok/s", "higher"),
     ("knee.goodput", "Knee goodput", "req/s", "higher"),
     # the server's own view and the cost of a token (issue 15; llmtop.output.observe)
@@ -64,8 +65,11 @@ def metric_value(snap: dict[str, Any], key: str) -> float | None:
         if isinstance(knee.get("knee"), dict):  # snapshots before issue 11 nested it
             knee = knee["knee"]
         name = key[5:]
-        if name == "rate" and knee.get("rate") is None:
-            name = "value"  # a concurrency search's knee
+        if name in ("rate", "concurrency") and knee.get(name) is None:
+            # a knee with its value only (a rate, unless its mode says concurrency): a rate
+            # and a concurrency are never one row, where a ratio between them would mean nothing
+            mode = knee.get("mode") or "rate"
+            return _num(knee.get("value")) if mode == name else None
         return _num(knee.get(name))
     if key == "error_rate":
         done = (s.get("completed") or 0) + (s.get("failed") or 0)

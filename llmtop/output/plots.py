@@ -15,6 +15,7 @@ from llmtop.errors import LlmtopError, redact
 from llmtop.metrics import catalog
 from llmtop.metrics.serverside import run_histograms, spectrum_ms
 from llmtop.output.compare import compare_snapshots, fmt_value, render, snapshot_name, workload_key
+from llmtop.output.kneeplot import AXIS_LABELS, knee_figure, legend_names
 from llmtop.output.snapshot import histogram_of
 
 FORMATS = ("png", "svg")
@@ -102,12 +103,12 @@ def plot_spectrum(
     tick_labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
     for ax, (metric, title) in zip(axes[0], SPECTRUM_METRICS, strict=True):
         drawn = False
-        for snap in snaps:
+        for snap, name in zip(snaps, legend_names(snaps), strict=True):
             xs, ys = spectrum(snap, metric)
             if not xs:
                 continue
             inv = [1 / (1 - p / 100) for p in xs]
-            (line,) = ax.plot(inv, ys, label=snapshot_name(snap), linewidth=1.6)
+            (line,) = ax.plot(inv, ys, label=name, linewidth=1.6)
             drawn = True
             sx, sy = server_spectrum(snap, metric)
             if sx:  # the server's own view, dashed in the same colour
@@ -117,7 +118,7 @@ def plot_spectrum(
                     linestyle="--",
                     linewidth=1.2,
                     color=line.get_color(),
-                    label=f"{snapshot_name(snap)} (server)",
+                    label=f"{name} (server)",
                 )
         ax.set_xscale("log")
         ax.set_xticks(ticks, tick_labels)
@@ -136,86 +137,82 @@ def plot_spectrum(
     return paths
 
 
-def _points(snap: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rate steps with completions; a one-step run is drawn from its whole-run summary."""
-    steps = [s for s in snap.get("steps") or [] if (s.get("completed") or 0) > 0]
-    summary = snap.get("summary") or {}
-    if len(steps) <= 1 and summary.get("completed"):
-        offered = steps[0].get("offered") if steps else (snap.get("plan") or {}).get("request_rate")
-        return [{**summary, "offered": offered}]
-    return steps
-
-
 def plot_knee(
     snaps: list[dict[str, Any]], out: Path, formats: tuple[str, ...] = FORMATS
 ) -> list[Path]:
-    """Throughput and p99 latency against offered load, one point per rate step."""
+    """Throughput and latency against the load offered, one point per judged step (no
+    warm-ups or drains), every SLO limit on its panel, each snapshot's knee marked."""
     plt = _pyplot()
-    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
-    panels = (
-        (lambda s: _num(s.get("output_throughput")), "output tokens/s"),
-        (lambda s: _num(s.get("request_throughput")), "requests/s (o) · goodput (x)"),
-        (lambda s: _num((s.get("ttft_ms") or {}).get("p99")), "TTFT p99 (ms)"),
-        (lambda s: _num((s.get("tpot_ms") or {}).get("p99")), "TPOT p99 (ms)"),
+    fig_data = knee_figure(snaps)
+    panels, axes_kinds = fig_data.panels, fig_data.axes
+    fig, grid = plt.subplots(
+        len(panels),
+        len(axes_kinds),
+        figsize=(9 * len(axes_kinds), 2.8 * len(panels) + 1),
+        sharex="col",
+        squeeze=False,
     )
-    for snap in snaps:
-        steps = _points(snap)
-        if not steps:
-            continue
-        name = snapshot_name(snap)
-        xs = [_num(s.get("offered")) for s in steps]
-        # An offered rate of "inf" is drawn at the rate achieved instead.
-        xs = [
-            _num(s.get("request_throughput")) if math.isinf(x) or math.isnan(x) else x
-            for x, s in zip(xs, steps, strict=True)
-        ]
-        order = sorted(range(len(xs)), key=xs.__getitem__)
-        xs = [xs[i] for i in order]
-        steps = [steps[i] for i in order]
-        color = None
-        for ax, (get, _) in zip(axes, panels, strict=True):
-            (line,) = ax.plot(xs, [get(s) for s in steps], "o-", label=name, color=color)
-            color = line.get_color()
-        goodput = [_num(s.get("goodput")) for s in steps]
-        if any(not math.isnan(g) for g in goodput):
-            axes[1].plot(xs, goodput, "x--", color=color, alpha=0.7)
-        knee = snap.get("knee") or {}
-        if isinstance(knee.get("knee"), dict):  # snapshots before issue 11 nested it
-            knee = knee["knee"]
-        rate = _num(knee.get("rate") if knee.get("rate") is not None else knee.get("value"))
-        if not math.isnan(rate) and not math.isinf(rate):
-            for ax in axes:
-                ax.axvline(rate, color=color, linestyle=":", alpha=0.8)
-            axes[0].annotate(f"knee {rate:g}", (rate, 0), textcoords="offset points", xytext=(3, 5))
-    for ax, (_, label) in zip(axes, panels, strict=True):
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    axes[0].set_title("Throughput and latency against offered load (one point per rate step)")
-    axes[-1].set_xlabel("offered load (req/s, or concurrency for closed-loop runs)")
-    slo = str(snaps[0].get("slo") or "") if snaps else ""
-    for part in slo.split(","):
-        for ax, metric in ((axes[2], "ttft_p99"), (axes[3], "tpot_p99")):
-            if part.strip().startswith(metric):
-                limit = _limit_ms(part)
-                if limit is not None:
-                    ax.axhline(limit, color="grey", linestyle="--", linewidth=1)
+    for i, line in enumerate(fig_data.lines):
+        color = f"C{i % 10}"  # a snapshot keeps its colour in every column
+        col = axes_kinds.index(line.axis)
+        path_xs, path_steps = line.path()
+        for row, panel in enumerate(panels):
+            ax = grid[row][col]
+            ys = [panel.value(s) for s in path_steps]
+            style = "D--" if line.axis == "all at once" else "o-"
+            ax.plot(path_xs, ys, style, label=line.name, color=color, linewidth=1.4)
+            bad = [
+                (x, panel.value(s))
+                for x, s, v in zip(line.xs, line.steps, line.verdicts, strict=True)
+                if v == "bad"
+            ]
+            if bad:  # steps that broke the SLO: hollow rings over their points
+                ax.plot(*zip(*bad, strict=True), "o", mfc="none", ms=11, color=color)
+            if panel.key == "request_throughput":
+                goodput = [_num(s.get("goodput")) for s in path_steps]
+                if any(not math.isnan(g) for g in goodput):
+                    ax.plot(path_xs, goodput, "x--", color=color, alpha=0.7)
+            for mark in line.knees:
+                ax.axvline(mark.x, color=color, linestyle=":", alpha=0.8)
+        first = grid[0][col]
+        for mark in line.knees:
+            first.plot(
+                [mark.x],
+                [mark.y],
+                "*" if mark.sustained else "P",
+                ms=14,
+                color=color,
+                label=f"{line.name}: {mark.text}",
+            )
+    for col, kind in enumerate(axes_kinds):
+        for row, panel in enumerate(panels):
+            ax = grid[row][col]
+            for y, text in panel.limits:  # each limit named on its line, not only in a legend
+                ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=text)
+                ax.text(
+                    0.995,
+                    y,
+                    text,
+                    transform=ax.get_yaxis_transform(),
+                    ha="right",
+                    va="bottom",
+                    fontsize=7,
+                    color="dimgrey",
+                )
+            ax.set_ylabel(panel.label)
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        grid[-1][col].set_xlabel(AXIS_LABELS[kind])
+        grid[0][col].set_title(
+            "Throughput and latency against "
+            + ("offered load" if kind != "all at once" else "achieved load")
+            + " (one point per judged step; rings: steps that broke the SLO)"
+        )
     fig.tight_layout()
     paths = _save(fig, out, "knee", formats)
     plt.close(fig)
     return paths
-
-
-def _limit_ms(part: str) -> float | None:
-    from llmtop.slo import Slo, SloError
-
-    try:
-        slo = Slo.parse(part.strip())
-    except SloError:
-        return None
-    limits = getattr(slo, "limits", ())
-    return float(limits[0].threshold) if limits else None
 
 
 def plot_series(
@@ -229,13 +226,13 @@ def plot_series(
         ("ttft_p99_ms", "TTFT p99 (ms, window)"),
         ("tpot_p99_ms", "TPOT p99 (ms, window)"),
     )
-    for snap in snaps:
+    for snap, name in zip(snaps, legend_names(snaps), strict=True):
         series = snap.get("series") or []
         if not series:
             continue
         xs = [_num(p.get("t_s")) for p in series]
         for ax, (key, _) in zip(axes, rows, strict=True):
-            ax.plot(xs, [_num(p.get(key)) for p in series], label=snapshot_name(snap))
+            ax.plot(xs, [_num(p.get(key)) for p in series], label=name)
     for ax, (_, label) in zip(axes, rows, strict=True):
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
@@ -259,12 +256,12 @@ def markdown(snaps: list[dict[str, Any]], pictures: dict[str, list[Path]]) -> st
     """The report page: what each snapshot holds, the pictures, the comparison table."""
     out = ["# llmtop report", ""]
     rows = []
-    for snap in snaps:
+    for snap, name in zip(snaps, legend_names(snaps), strict=True):
         s = snap.get("summary") or {}
         eng = snap.get("engine") or {}
         rows.append(
             [
-                snapshot_name(snap),
+                name,
                 " ".join(str(x) for x in (eng.get("name"), eng.get("version")) if x) or "-",
                 str(snap.get("model") or "-"),
                 workload_key(snap),
@@ -307,7 +304,11 @@ def markdown(snaps: list[dict[str, Any]], pictures: dict[str, list[Path]]) -> st
     captions = {
         "knee": (
             "Throughput and latency against offered load",
-            "One point per rate step; dotted lines mark a searched knee, dashed ones the SLO.",
+            "One point per judged step (warm-ups, drains and settles left out), at the rate "
+            "or concurrency it offered; runs that sent everything at once are drawn on their "
+            "own axis, at the rate they achieved. Rings: steps that broke the SLO. Dotted "
+            "lines and stars mark a searched knee (a plus: unconfirmed), dashed ones each SLO "
+            "limit, on the panel of the figure it limits.",
         ),
         "percentiles": (
             "Percentile spectrum",
