@@ -35,6 +35,7 @@ from llmtop.metrics.repeats import (
 from llmtop.metrics.turns import TurnFigures
 from llmtop.session import Interrupts
 from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.support.fault_server import FaultServer
 from tests.support.scripted_server import Script, ScriptedServer
 
 FAST = ["--input-len", "16", "--output-len", "8"]
@@ -198,6 +199,27 @@ def test_repeat_three_runs_json_table_snapshot_and_slo(
     # --save-requests: every run's requests, `step` being the run (0-based)
     rows = [json.loads(x) for x in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert sorted(Counter(row["step"] for row in rows).items()) == [(0, 15), (1, 15), (2, 15)]
+
+
+def test_every_run_sends_the_same_workload(fault_server: FaultServer, tmp_path: Path) -> None:
+    """Same seed, same schedule and prompts: the spread between runs is the server's."""
+    r = run_cli(
+        "run",
+        "--url",
+        fault_server.url,
+        "--repeat",
+        "2",
+        "--num-requests",
+        "6",
+        "--request-rate",
+        "50",
+        *FAST,
+        json_path=tmp_path / "o.json",
+    )
+    assert r.returncode == 0, r.stderr
+    sent = [tuple(b["prompt"]) for b in fault_server.requests if b.get("stream")][-12:]
+    assert len(sent) == 12 and len(set(sent)) == 6  # (before them: the preflight's probe)
+    assert sorted(sent[:6]) == sorted(sent[6:])
 
 
 def test_drain_waits_for_the_servers_running_gauge() -> None:
