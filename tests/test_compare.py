@@ -68,3 +68,18 @@ def test_cli_table_and_json(tmp_path: Path) -> None:
     data = json.loads(run_cli("compare", "--json", str(V1), str(dup)).stdout)
     names = [s["name"] for s in data["groups"][0]["snapshots"]]
     assert len(set(names)) == 2 and "again" in names[1]
+
+
+def test_knee_rate_and_concurrency_are_separate_rows() -> None:
+    a = load_snapshot(V1)
+    rate, conc, old = (copy.deepcopy(a) for _ in range(3))
+    rate["knee"] = {"mode": "rate", "value": 12.5, "rate": 12.5, "concurrency": None}
+    conc["knee"] = {"mode": "concurrency", "value": 24.0, "rate": None, "concurrency": 24.0}
+    old["knee"] = {"knee": {"value": 7.0}}  # nested, before issue 11: a rate
+    for s, label in ((rate, "r"), (conc, "c"), (old, "o")):
+        s["label"] = label
+    data = compare_snapshots([rate, conc, old])
+    knee_rate = _row(data, "knee.rate")
+    assert knee_rate["values"] == [12.5, None, 7.0] and knee_rate["unit"] == "req/s"
+    assert knee_rate["ratios"] == [1.0, None, 7.0 / 12.5]
+    assert _row(data, "knee.concurrency")["values"] == [None, 24.0, None]
