@@ -105,6 +105,7 @@ class LoadSession:
         # --workers N load processes here, or Ray actors over a cluster (llmtop.load.workers)
         self.process = make_group(config)
         self.process.limits_ms = self.slo.per_request_limits_ms()  # remote collectors' goodput
+        self.process.wants_records = lambda: self.record_sink is not None  # Ray: raw records
         self.worker_events: list[dict[str, Any]] = []  # workers lost mid-run, and when
         self.status: ch.StatusReported | None = None
         self.stopped: ch.LoadStopped | None = None

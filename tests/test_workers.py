@@ -24,7 +24,7 @@ from llmtop.load.book import (
     WorkerBook,
     workers_needed,
 )
-from llmtop.load.remote import DeltaCollector, SparseHistogram
+from llmtop.load.remote import DeltaCollector, SparseHistogram, pack_records, unpack_records
 from llmtop.load.share import (
     DealtSchedule,
     WorkerShare,
@@ -236,7 +236,10 @@ def test_merged_histograms_of_n_workers_equal_the_histogram_of_all_their_records
     n_workers: int,
 ) -> None:
     rng = np.random.default_rng(n_workers)
-    recs = _records(1500, rng)
+    # conversations' turns too: by_turn travels as its own sparse counters
+    recs = [
+        r._replace(turn=i % 4, cached_tokens=i % 5 - 1) for i, r in enumerate(_records(1500, rng))
+    ]
     steps = [(0, 10.0), (int(1.5 * S), 20.0), (int(3 * S), 40.0)]
     # one collector fed every record
     whole = Collector(10.0, {"ttft": 200.0})
@@ -268,6 +271,38 @@ def test_merged_histograms_of_n_workers_equal_the_histogram_of_all_their_records
     assert (whole.first_send_ns, whole.last_end_ns) == (parent.first_send_ns, parent.last_end_ns)
     assert whole.error_examples == parent.error_examples
     assert whole.late_records == parent.late_records > 0
+    assert sorted(whole.turns.by_turn) == sorted(parent.turns.by_turn) == [1, 2, 3]
+    for turn, a in whole.turns.by_turn.items():
+        b = parent.turns.by_turn[turn]
+        for m, h in a.histograms.items():
+            assert np.array_equal(counts_of(h), counts_of(b.histograms[m])), (turn, m)
+    assert whole.turns.summary(True) == parent.turns.summary(True)
+
+
+def test_raw_records_cross_in_batches_and_land_on_the_parents_clock() -> None:
+    """--save-requests over Ray: every time moves by the clock offset, "none" (0) stays 0."""
+    recs = _records(40, np.random.default_rng(3))
+    recs[1] = recs[1]._replace(reasoning_first_ns=recs[1].send_ns + MS)
+    shift = 123_456_789
+    back = unpack_records(pack_records(recs), shift)
+    assert len(back) == len(recs)
+    for a, b in zip(recs, back, strict=True):
+        for f in ("intended_ns", "slot_ns", "send_ns", "first_ns", "last_ns", "end_ns"):
+            assert getattr(b, f) == (getattr(a, f) + shift if getattr(a, f) else 0), f
+        assert b.reasoning_first_ns == (a.reasoning_first_ns + shift if a.reasoning_first_ns else 0)
+        assert b.answer_first_ns == 0
+        assert np.array_equal(
+            np.frombuffer(b.chunk_ns, dtype=np.int64),
+            np.frombuffer(a.chunk_ns, dtype=np.int64) + shift,
+        )
+        assert b._replace(
+            intended_ns=0, slot_ns=0, send_ns=0, first_ns=0, last_ns=0, end_ns=0, chunk_ns=b"",
+            reasoning_first_ns=0,
+        ) == a._replace(
+            intended_ns=0, slot_ns=0, send_ns=0, first_ns=0, last_ns=0, end_ns=0, chunk_ns=b"",
+            reasoning_first_ns=0,
+        )  # fmt: skip
+    assert any(not r.first_ns for r in back)  # failed requests were in the batch
 
 
 def test_a_sparse_histogram_adds_exactly() -> None:

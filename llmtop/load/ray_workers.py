@@ -7,6 +7,12 @@ schedule and start barrier as `--workers`), reads its raw records on its own clo
 them to its own collector, and ships interval histograms and counters (`remote.py`) each
 time the llmtop parent polls it. The load loop itself never does any of this work.
 
+When the parent needs every request (`--save-requests`), the agent ships the raw records
+instead (compressed batches, times moved onto the parent's clock there) and the parent's one
+collector takes them as it takes a local worker's: figures and by_turn alike. The parent says
+which with its first poll, once the session knows whether it has a record sink; records that
+arrive before it are kept until then.
+
 Clocks: the start barrier is a wall-clock instant a little ahead, which every agent turns
 into its own monotonic clock (on one host exact; across hosts as good as their NTP); from
 then on every time is an offset from the barrier, so rate changes (and the steps they start)
@@ -35,7 +41,7 @@ from llmtop.load import channel as ch
 from llmtop.load.group import SCHEDULE_CONTROLS, GroupBase, WorkerLost, process_death
 from llmtop.load.hook import WorkerHook
 from llmtop.load.process import LoadProcess
-from llmtop.load.remote import DeltaCollector, HistogramsShipped
+from llmtop.load.remote import DeltaCollector, HistogramsShipped, pack_records, unpack_records
 from llmtop.load.share import (
     MembersSet,
     StartAt,
@@ -107,6 +113,8 @@ class NodeAgent:
         self.proc: LoadProcess | None = None
         self._news = False
         self._done = False
+        self.raw_mode: bool | None = None  # ship raw records? (None: the parent has not said)
+        self.raw: list[Any] = []  # records kept for the parent (raw mode, or not said yet)
         # the load process is spawned by the pump thread, which lives as long as the agent:
         # its death signal (PR_SET_PDEATHSIG) is tied to the thread that spawned it
         self._thread = threading.Thread(target=self._pump, name="llmtop-agent", daemon=True)
@@ -132,7 +140,10 @@ class NodeAgent:
     def _take(self, msg: Any) -> None:
         t0 = self.t0_local or 0
         if isinstance(msg, ch.RecordsShipped):
-            self.dc.add(msg.records)
+            if self.raw_mode is False:
+                self.dc.add(msg.records)
+            else:
+                self.raw.extend(msg.records)
         elif isinstance(msg, ch.StatusReported):
             self.status = msg
         elif isinstance(msg, WorkerReported):
@@ -195,18 +206,27 @@ class NodeAgent:
         assert self.proc is not None
         self.proc.send(TimedControl(at, msg) if at is not None else msg)
 
-    def poll(self, wait_s: float = POLL_WAIT_S) -> dict[str, Any]:
-        """What happened since the last poll: figures, status, loop lags, events."""
+    def poll(self, wait_s: float = POLL_WAIT_S, raw: bool = False) -> dict[str, Any]:
+        """What happened since the last poll: figures (or raw records, when `raw`), status,
+        loop lags, events."""
         with self.lock:
+            if self.raw_mode is None:
+                self.raw_mode = raw
+                if not raw and self.raw:  # kept while the parent had not said: figures now
+                    self.dc.add(self.raw)
+                    self.raw = []
             if not self._news:
                 self.lock.wait(wait_s)
             self._news = False
             shipped = self.dc.drain(self.index)
+            records, self.raw = self.raw, []
             events, self.events = self.events, []
             lags = b"".join(self.lags)
             self.lags = []
             return {
                 "shipped": shipped,
+                "records": pack_records(records) if records else None,
+                "t0_local": self.t0_local,
                 "status": self.status,
                 "lags": lags,
                 "late_controls": self.late_controls,
@@ -247,6 +267,9 @@ class RayWorkerGroup(GroupBase):
         self._connected_here = False
         self.limits_ms: dict[str, float] = {}
         self.same_clock = False  # each node measures on its own clock
+        # set by the session: whether it keeps every request (then agents ship raw records)
+        self.wants_records: Any = None
+        self.raw: bool | None = None
 
     # -- the LoadProcess interface ----------------------------------------------------------------
     @property
@@ -331,8 +354,11 @@ class RayWorkerGroup(GroupBase):
             ]
         )
         self._pending_out.append(ch.LoadStarted(self.parent_t0_ns))
-        for i in range(self.n):
-            self.refs[i] = self.agents[i].poll.remote()
+        # the first polls go out from the first `receive`: by then the session has its
+        # record sink (or not), which decides what the agents ship
+
+    def _poll(self, i: int) -> None:
+        self.refs[i] = self.agents[i].poll.remote(POLL_WAIT_S, bool(self.raw))
 
     def _shares(self) -> list[int]:
         if self.config.plan.closed_loop:
@@ -372,6 +398,10 @@ class RayWorkerGroup(GroupBase):
     def receive(self, timeout_s: float) -> list[Any]:
         ray = _ray()
         out, self._pending_out = self._pending_out, []
+        if self.raw is None and self.agents:  # the first receive: start polling
+            self.raw = bool(self.wants_records and self.wants_records())
+            for i in range(self.n):
+                self._poll(i)
         refs = {ref: i for i, ref in self.refs.items() if i not in self.lost}
         if not refs:
             time.sleep(timeout_s)
@@ -380,6 +410,7 @@ class RayWorkerGroup(GroupBase):
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
         now = time.perf_counter_ns()
         status_seen = False
+        records: list[Any] = []
         for ref in ready:
             i = refs[ref]
             try:
@@ -387,11 +418,14 @@ class RayWorkerGroup(GroupBase):
             except Exception as exc:  # the actor (its node) is gone
                 self._lose(i, now, _death_text(exc), out)
                 continue
-            status_seen |= self._take(i, got, now, out)
-            if self.stopped[i] is None or got["events"] or got["shipped"] is not None:
-                self.refs[i] = self.agents[i].poll.remote()
+            status_seen |= self._take(i, got, now, out, records)
+            news = got["events"] or got["shipped"] is not None or got["records"] is not None
+            if self.stopped[i] is None or news:
+                self._poll(i)
             else:  # stopped and drained: nothing more will come
                 del self.refs[i]
+        if records:
+            out.insert(0, ch.RecordsShipped(records))
         if status_seen:
             merged = self._merged_status()
             if merged is not None:
@@ -399,8 +433,14 @@ class RayWorkerGroup(GroupBase):
         self._maybe_all_stopped(out)
         return out
 
-    def _take(self, i: int, got: dict[str, Any], now: int, out: list[Any]) -> bool:
+    def _take(
+        self, i: int, got: dict[str, Any], now: int, out: list[Any], records: list[Any]
+    ) -> bool:
         t0 = self.parent_t0_ns or 0
+        if got["records"] is not None:  # raw mode: onto this clock, into the one collector
+            recs = unpack_records(got["records"], t0 - (got["t0_local"] or 0))
+            self.book.records(i, recs, now)
+            records.extend(recs)
         shipped: HistogramsShipped | None = got["shipped"]
         if shipped is not None:
             out.insert(0, dataclasses.replace(shipped, parent_t0_ns=t0))

@@ -14,7 +14,9 @@ requests (tests/test_workers.py checks it against one collector fed every record
 
 from __future__ import annotations
 
+import pickle
 import sys
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +26,7 @@ from llmtop.metrics import records
 from llmtop.metrics.collector import Collector, Counts
 from llmtop.metrics.hdr import clear, counts_of, new_histogram, record_many
 from llmtop.metrics.records import RequestRecord
+from llmtop.metrics.turns import TURN_METRICS, TurnFigures
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,45 @@ def _sparse(hists: dict[str, HdrHistogram]) -> dict[str, SparseHistogram]:
     return {m: SparseHistogram.of(h) for m, h in hists.items() if h.get_total_count()}
 
 
+# a conversation turn's counters, as TurnFigures keeps them (docs/workloads.md)
+_TURN_COUNTERS = (
+    "completed",
+    "failed",
+    "prompt_tokens",
+    "cached_tokens",
+    "cached_known",
+    "output_tokens",
+)
+
+
+@dataclass(frozen=True)
+class TurnShipped:
+    """One turn index's figures since the last shipment: counters and sparse histograms."""
+
+    counters: tuple[int, ...]  # in `_TURN_COUNTERS` order
+    histograms: dict[str, SparseHistogram]
+
+    @classmethod
+    def drain(cls, t: TurnFigures) -> TurnShipped | None:
+        """What `t` holds, then empty it (None when it holds nothing)."""
+        counters = tuple(getattr(t, k) for k in _TURN_COUNTERS)
+        if not any(counters):
+            return None
+        shipped = cls(counters, _sparse(t.histograms))
+        for k in _TURN_COUNTERS:
+            setattr(t, k, 0)
+        for h in t.histograms.values():
+            clear(h)
+        return shipped
+
+    def add_into(self, t: TurnFigures) -> None:
+        for k, v in zip(_TURN_COUNTERS, self.counters, strict=True):
+            setattr(t, k, getattr(t, k) + v)
+        for m, h in self.histograms.items():
+            if m in TURN_METRICS:
+                h.add_into(t.histograms[m])
+
+
 def _counts_empty(c: Counts) -> bool:
     return not (c.completed or c.failed or c.cancelled or c.warmup)
 
@@ -86,6 +128,7 @@ class HistogramsShipped:
     out_of_range: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)
     slip: SparseHistogram | None = None  # the worker's own send slip (send − slot), µs
+    turns: dict[int, TurnShipped] = field(default_factory=dict)  # conversations' by_turn
     parent_t0_ns: int = 0  # set by the parent: its clock at the worker's start barrier
 
     def merge_into(self, collector: Collector) -> None:
@@ -102,6 +145,12 @@ class HistogramsShipped:
         collector.out_of_range.update(self.out_of_range)
         for kind, detail in self.error_examples.items():
             collector.error_examples.setdefault(kind, detail)
+        by_turn = collector.turns.by_turn
+        for turn, shipped in self.turns.items():
+            t = by_turn.get(turn)
+            if t is None:
+                t = by_turn[turn] = TurnFigures()
+            shipped.add_into(t)
 
 
 class DeltaCollector:
@@ -165,6 +214,11 @@ class DeltaCollector:
         self._examples.update(examples)
         slip = SparseHistogram.of(self._slip) if self._slip.get_total_count() else None
         clear(self._slip)
+        turns = {}
+        for turn, figures in c.turns.by_turn.items():
+            shipped = TurnShipped.drain(figures)
+            if shipped is not None:
+                turns[turn] = shipped
         for step in c.steps[:-2]:  # packed away as the parent's are at its next tick:
             if step.compact is None:  # a later record of theirs counts as late, as there
                 step.compact = {}
@@ -180,7 +234,35 @@ class DeltaCollector:
             {m: n for m, n in oor.items() if n},
             examples,
             slip,
+            turns,
         )
+
+
+# -- raw records, when the parent needs every request (`--save-requests` over Ray) -------------
+_TIMES = ("intended_ns", "slot_ns", "send_ns", "first_ns", "last_ns", "end_ns")
+_TIMES_IF_SET = ("reasoning_first_ns", "answer_first_ns")
+
+
+def pack_records(recs: list[RequestRecord]) -> bytes:
+    """A batch of records as they cross the network: pickled, then zlib level 1 (~3× smaller
+    at a few µs a record: the chunk stamps are close int64s)."""
+    return zlib.compress(pickle.dumps(recs, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack_records(blob: bytes, shift_ns: int) -> list[RequestRecord]:
+    """`pack_records` undone, every time moved by `shift_ns` (a worker's clock → this one's;
+    a time of 0 means "none" and stays 0)."""
+    recs: list[RequestRecord] = pickle.loads(zlib.decompress(blob))
+    if not shift_ns:
+        return recs
+    out = []
+    for r in recs:
+        changes: dict[str, object] = {k: getattr(r, k) + shift_ns for k in _TIMES if getattr(r, k)}
+        changes.update({k: getattr(r, k) + shift_ns for k in _TIMES_IF_SET if getattr(r, k)})
+        if r.chunk_ns:
+            changes["chunk_ns"] = (np.frombuffer(r.chunk_ns, dtype=np.int64) + shift_ns).tobytes()
+        out.append(r._replace(**changes))
+    return out
 
 
 def sizeof_shipment(msg: HistogramsShipped) -> int:
