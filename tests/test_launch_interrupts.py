@@ -105,6 +105,14 @@ def _all_gone(pids: list[int], within_s: float) -> list[int]:
         time.sleep(0.1)
 
 
+def _said(err: str, sig: str) -> str:
+    """The one line an interrupted launch ends with (and no other interrupt line)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith(("llmtop: interrupted", "llmtop: ab"))]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"llmtop: interrupted by {sig} during "), lines
+    return lines[0]
+
+
 def _kill_leftovers(pids: list[int]) -> None:
     for pid in pids:
         try:
@@ -125,7 +133,9 @@ def test_interrupted_during_the_health_wait(sig: int, tmp_path: Path) -> None:
     _kill_leftovers(left)
     assert not left, f"engine processes left: {left}"
     assert proc.returncode == 130, err
-    assert ("interrupted" in err or "aborted" in err) and "Traceback" not in err
+    line = _said(err, signal.Signals(sig).name)
+    assert "sweep point 1/1 (max-num-seqs=1), in its engine's health wait" in line
+    assert line.endswith(f"no point was measured; the engine logs are in {tmp_path / 'out'}")
     assert not (tmp_path / "out" / "comparison.json").exists()
 
 
@@ -159,7 +169,7 @@ def _wait_load(proc: subprocess.Popen[str], timeout_s: float = 60.0) -> list[int
     raise AssertionError("the load never started")
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
 def test_interrupted_during_the_load(how: str, tmp_path: Path) -> None:
     proc, pid_dir = _launch(tmp_path, "max-num-seqs=8", "--duration", "60", "--request-rate", "5")
     engine = _engines(pid_dir, 1)
@@ -168,28 +178,36 @@ def test_interrupted_during_the_load(how: str, tmp_path: Path) -> None:
     if how == "SIGKILL":
         proc.kill()
     else:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, getattr(signal, how))
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=60)
     left = _all_gone(engine + loads, GRACE_S + 5 - (time.monotonic() - t0))
     _kill_leftovers(left)
     assert not left, f"processes left: {left}"
-    if how == "SIGTERM":
+    if how != "SIGKILL":
         assert proc.returncode == 130, err
-        snap = json.loads((tmp_path / "out" / "vllm-max-num-seqs=8.json").read_text())
+        out_dir = tmp_path / "out"
+        assert _said(err, how).endswith(
+            "during sweep point 1/1 (max-num-seqs=8), in its load; kept in "
+            f"{out_dir}: vllm-max-num-seqs=8.json and comparison.json"
+        )
+        snap = json.loads((out_dir / "vllm-max-num-seqs=8.json").read_text())
         assert snap["failure"]["kind"] == "interrupted"  # the point ran and is saved
+        assert snap["failure"]["signal"] == how
         assert snap["summary"]["completed"] > 0
         assert snap["sweep"]["argv"]
-        rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
+        rows = json.loads((out_dir / "comparison.json").read_text())
         assert [r["config"] for r in rows] == ["max-num-seqs=8"]
+        assert rows[0]["failure"] == snap["failure"] and not rows[0]["error"]
 
 
-def test_interrupted_between_sweep_points(tmp_path: Path) -> None:
-    """Point 1 runs to its end; SIGTERM while point 2's engine is starting."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_interrupted_between_sweep_points(sig: int, tmp_path: Path) -> None:
+    """Point 1 runs to its end; a signal while point 2's engine is starting."""
     proc, pid_dir = _launch(tmp_path, "max-num-seqs=8,1", "--num-requests", "8")
     engines = _engines(pid_dir, 2, timeout_s=120)
     time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, sig)
     t0 = time.monotonic()
     out, err = proc.communicate(timeout=60)
     left = _all_gone(engines, GRACE_S + 5 - (time.monotonic() - t0))
@@ -199,9 +217,18 @@ def test_interrupted_between_sweep_points(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     assert (out_dir / "vllm-max-num-seqs=8.json").exists()  # the finished point keeps its file
     assert not (out_dir / "vllm-max-num-seqs=1.json").exists()
+    name = signal.Signals(sig).name
+    assert _said(err, name).endswith(
+        "during sweep point 2/2 (max-num-seqs=1), in its engine's health wait; kept in "
+        f"{out_dir}: vllm-max-num-seqs=8.json and comparison.json"
+    )
     rows = json.loads((out_dir / "comparison.json").read_text())
-    assert [r["config"] for r in rows] == ["max-num-seqs=8"] and rows[0]["completed"] == 8
-    assert "comparison" in out
+    assert [r["config"] for r in rows] == ["max-num-seqs=8", "max-num-seqs=1"]
+    assert rows[0]["completed"] == 8 and rows[0]["failure"] is None
+    # the point that was cut says so, in the file and in the table
+    assert rows[1]["failure"]["kind"] == "interrupted" and rows[1]["failure"]["signal"] == name
+    assert rows[1]["error"] == rows[1]["failure"]["message"]
+    assert "comparison" in out and f"failed: interrupted by {name}" in out
     logs = sorted(p.name for p in out_dir.glob("*.log"))
     assert logs == ["vllm-max-num-seqs=1.log", "vllm-max-num-seqs=8.log"]
     assert "loading weights" in (out_dir / "vllm-max-num-seqs=1.log").read_text()

@@ -28,6 +28,7 @@ from llmtop.cli.options import (
 )
 from llmtop.engines.launch import DEFAULT_HEALTH_TIMEOUT_S, ENGINES, STOP_GRACE_S
 from llmtop.errors import ConfigError, LlmtopError
+from llmtop.output.writable import HeldSignals, Interrupted
 from llmtop.profiles import Profile
 
 _LAUNCH_TARGET = [
@@ -211,8 +212,7 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
           -- facebook/opt-125m --max-model-len 2048
       llmtop launch vllm --profile llama3-8b-tpot-20ms -- --max-model-len 4096
     """
-    from llmtop.engines.gpu import launch_default
-    from llmtop.engines.sweep import run_sweep, sweep_points
+    from llmtop.engines.sweep import sweep_points
 
     engine = o["engine"]
     engine_args = list(o.pop("engine_args"))
@@ -226,7 +226,38 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
     echo_notes(opts)
     out_dir = o["out_dir"] or f"llmtop-launch-{dt.datetime.now():%Y%m%d-%H%M%S}"
     progress = o["progress"] if o["progress"] is not None else sys.stderr.isatty()
-    result = run_sweep(
+    # An interrupt ends the sweep with one line and exit 130 (`Interrupted`, from run_sweep);
+    # from then on the process is only leaving, and a further signal must not cut that line.
+    held = HeldSignals()
+    with held:
+        try:
+            result = _sweep(engine, engine_args, points, config, out_dir, slo, o, opts, progress)
+        except Interrupted:
+            held.ignore()
+            raise
+    click.echo(f"llmtop: snapshots and comparison.json in {result.out_dir}", err=True)
+    if result.failed:
+        names = ", ".join(r["config"] for r in result.failed)
+        raise LlmtopError(
+            f"{len(result.failed)} of {len(result.rows)} configurations failed: {names}"
+        )
+
+
+def _sweep(
+    engine: str,
+    engine_args: list[str],
+    points: list[Any],
+    config: Any,
+    out_dir: str,
+    slo: Any,
+    o: dict[str, Any],
+    opts: RunOptions,
+    progress: bool,
+) -> Any:
+    from llmtop.engines.gpu import launch_default
+    from llmtop.engines.sweep import run_sweep
+
+    return run_sweep(
         engine,
         engine_args,
         points,
@@ -244,9 +275,3 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
         profile=opts.profile,
         gpu_metrics=launch_default(opts.gpu_metrics),  # the engine runs here: NVML if it works
     )
-    click.echo(f"llmtop: snapshots and comparison.json in {result.out_dir}", err=True)
-    if result.failed:
-        names = ", ".join(r["config"] for r in result.failed)
-        raise LlmtopError(
-            f"{len(result.failed)} of {len(result.rows)} configurations failed: {names}"
-        )

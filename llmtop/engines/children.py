@@ -100,10 +100,13 @@ def group_alive(pgid: int) -> bool:
 def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s: float) -> int | None:
     """SIGTERM the child's whole group, SIGKILL what is left after `grace_s`; reap the child.
 
-    Survives Ctrl-C while it waits: a second interrupt only skips the rest of the grace
-    period, it never leaves the group running. Returns the child's exit code.
+    Survives Ctrl-C while it waits: an interrupt only skips the rest of the grace period, it
+    never leaves the group running; it is raised again once the group is gone, so a stop
+    between two sweep points does not swallow the user's "stop everything". Returns the
+    child's exit code.
     """
     pgid = proc.pid
+    asked: KeyboardInterrupt | None = None
     try:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -112,8 +115,8 @@ def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s: f
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 pass
-    except KeyboardInterrupt:
-        pass  # asked again: go straight to SIGKILL
+    except KeyboardInterrupt as exc:
+        asked = exc  # go straight to SIGKILL
     finally:
         # Workers may outlive the main process: whatever is left of the group goes now.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -122,6 +125,10 @@ def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace_s: f
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 proc.wait(timeout=0.1)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            except subprocess.TimeoutExpired:
                 pass
+            except KeyboardInterrupt as exc:
+                asked = asked or exc
+    if asked is not None:
+        raise asked
     return proc.returncode

@@ -281,12 +281,13 @@ class EngineProcess:
 
     def stop(self, grace_s: float | None = None) -> int | None:
         """SIGTERM the process group, SIGKILL what is left after the grace; the exit code."""
-        code = stop_group(self.proc, self.stop_grace_s if grace_s is None else grace_s)
-        if self._watchdog is not None:
-            self._watchdog.close()
-        if self._pump is not None:
-            self._pump.join()
-        return code
+        try:
+            return stop_group(self.proc, self.stop_grace_s if grace_s is None else grace_s)
+        finally:  # an interrupt during the stop is raised again only once the group is gone
+            if self._watchdog is not None:
+                self._watchdog.close()
+            if self._pump is not None:
+                self._pump.join()
 
     def __enter__(self) -> EngineProcess:
         return self

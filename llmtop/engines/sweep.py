@@ -9,8 +9,13 @@ end. A configuration whose engine does not start is reported and the sweep goes 
 No engine outlives the sweep: SIGINT, SIGTERM and SIGHUP stop the load gracefully while one
 runs (the point is saved) and interrupt everything else (an engine's health wait, the time
 between points) at once, each engine stopped on the way out; a SIGKILLed llmtop leaves the
-engine to its watchdog (`llmtop.engines.children`). Each engine's log, redacted, lies beside
-its snapshot; a sweep that cannot start leaves no folder behind.
+engine to its watchdog (`llmtop.engines.children`). From the start of a point's load to its
+snapshot on disk and its row in the table, a signal is held (`_PointInterrupts`): it stops
+the load, but takes effect as an interrupt only once the point is kept, so a finished
+point's snapshot always survives. The interrupted sweep ends with `Interrupted` (exit 130):
+one line saying which signal, during which point and stage, and what was kept; its
+comparison.json gets a row for the point that was cut, with `"failure"`. Each engine's log,
+redacted, lies beside its snapshot; a sweep that cannot start leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import dataclasses
 import itertools
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +37,7 @@ from llmtop.errors import ConfigError, LlmtopError, redact
 from llmtop.output.console import ProgressLine, print_summary
 from llmtop.output.jsonfile import write_json_atomic
 from llmtop.output.snapshot import build_snapshot, save_snapshot
-from llmtop.output.writable import check_writable
+from llmtop.output.writable import HeldSignals, Interrupted, check_writable, redeliver, signal_name
 from llmtop.profiles import Profile
 from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.setup import prepare
@@ -194,18 +200,90 @@ def format_comparison(rows: Sequence[Mapping[str, Any]]) -> str:
 # -- one configuration, end to end -----------------------------------------------------------
 
 
+class _Stage:
+    """Where the sweep is (point n of N, which stage) and the first signal that arrived."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+        self.label = ""
+        self.stage = "the engine check"
+        self.signal: str | None = None  # the first signal, by name
+        self.where: str | None = None  # where the sweep was when it came
+
+    def at(self, stage: str) -> None:
+        self.stage = stage
+
+    def point(self, n: int, label: str) -> None:
+        self.n, self.label = n, label
+
+    def describe(self) -> str:
+        if not self.n:
+            return self.stage
+        return f"sweep point {self.n}/{self.total} ({self.label}), {self.stage}"
+
+    def note(self, signum: int) -> None:
+        if self.signal is None:
+            self.signal, self.where = signal_name(signum), self.describe()
+
+    def failure(self) -> dict[str, Any]:
+        """The `"failure"` of the point that was cut (before its load, or after it)."""
+        return {
+            "kind": "interrupted",
+            "signal": self.signal,
+            "message": f"interrupted by {self.signal} during {self.where}",
+        }
+
+
+class _SweepInterrupts(Interrupts):
+    """`Interrupts` that tell the sweep's `_Stage` which signal came first, and where."""
+
+    def __init__(self, stage: _Stage, raising: bool = False) -> None:
+        super().__init__(raising=raising)
+        self.stage = stage
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stage.note(signum)
+        super()._on_signal(signum, frame)
+
+
+class _PointInterrupts(_SweepInterrupts):
+    """Counting interrupts for a point's load and save; each signal is raised again on exit.
+
+    The load stops gracefully at the first signal (`drive()` counts it); the snapshot, its
+    comparison row and its table are written after the load with the signal still held;
+    only then, on exit, does the signal reach the sweep's raising handler and end the sweep.
+    """
+
+    def __init__(self, stage: _Stage) -> None:
+        super().__init__(stage)
+        self.received: list[int] = []
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+        super()._on_signal(signum, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        taken, self.received = self.received, []
+        redeliver(taken)
+
+
 def drive_session(
-    config: RunConfig, slo: Slo | None, server_sample: Callable[[], Any] | None, progress: bool
+    config: RunConfig,
+    slo: Slo | None,
+    server_sample: Callable[[], Any] | None,
+    progress: bool,
+    interrupts: Interrupts,
 ) -> tuple[LoadSession, bool]:
     """Run the load to its end, the server metrics beside it: (closed session, interrupted)."""
     line = ProgressLine(progress)
     session = LoadSession(config, slo, server_sample=server_sample)
-    with Interrupts() as interrupts:
-        session.start()
-        try:
-            ended = drive(session, lambda f: line.show(f), interrupts)
-        finally:
-            line.clear()
+    session.start()
+    try:
+        ended = drive(session, lambda f: line.show(f), interrupts)
+    finally:
+        line.clear()
     return session, ended.interrupted
 
 
@@ -247,6 +325,18 @@ def _wrap_up(
             out_path.rmdir()  # only when nothing was written into it
 
 
+def _interrupted_line(stage: _Stage, snaps: Sequence[Path], out_path: Path, wrote: bool) -> str:
+    """One line: which signal, where the sweep was, what was kept."""
+    if snaps:
+        kept = f"kept in {out_path}: " + ", ".join(p.name for p in snaps)
+        kept += " and comparison.json" if wrote else " (comparison.json not written)"
+    elif out_path.exists():
+        kept = f"no point was measured; the engine logs are in {out_path}"
+    else:
+        kept = "no point was measured"
+    return f"interrupted by {stage.signal or 'a signal'} during {stage.where}; {kept}"
+
+
 @dataclasses.dataclass
 class SweepResult:
     rows: list[dict[str, Any]]
@@ -278,20 +368,70 @@ def run_sweep(
     profile: Profile | None = None,
     gpu_metrics: str | None = None,  # --gpu-metrics ("local" by default where NVML works)
 ) -> SweepResult:
-    """For each point: start the engine, detect it, load it, snapshot it, stop it."""
+    """For each point: start the engine, detect it, load it, snapshot it, stop it.
+
+    Raises `Interrupted` (exit 130) after SIGINT, SIGTERM or SIGHUP, once every engine is
+    stopped and the points measured so far are written.
+    """
 
     stdout = out or sys.stdout
     out_path = Path(out_dir)
-    # An engine that is not installed is said before any folder exists.
-    engine_command(engine, apply_overrides(engine_args, points[0].overrides), python)
-    created = _make_out_dir(out_path)
     rows: list[dict[str, Any]] = []
     snaps: list[Path] = []
+    stage = _Stage(len(points))
+    created = False
+
+    def _measure(n: int, point: SweepPoint, proc: Any) -> None:
+        """Preflight, load and save one point (its engine is healthy at `proc.url`)."""
+        target = dataclasses.replace(config.target, url=proc.url)
+        point_config = dataclasses.replace(config, target=target)
+        stage.at("in its preflight")
+        with prepare(point_config, profile=profile, echo=echo, gpu_metrics=gpu_metrics) as prep:
+            poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
+            # From here to the snapshot on disk a signal stops the load but waits to end
+            # the sweep (raised again when this block is left): the point is kept first.
+            with _PointInterrupts(stage) as held:
+                stage.at("in its load")
+                try:
+                    session, _ = drive_session(prep.config, slo, poller.latest, progress, held)
+                    c = session.collector  # the scrapes that saw requests in flight
+                    load_ns = (
+                        c.first_send_ns or session.start_ns or 0,
+                        c.last_end_ns or time.perf_counter_ns(),
+                    )
+                finally:
+                    session_series = poller.finish()
+                stage.at("as its snapshot was written")
+                session.server_series = session_series
+                extra = prep.extra
+                snap = build_snapshot(session, extra)
+                snap["sweep"] = {
+                    "engine": engine,
+                    "label": point.label,
+                    "overrides": [list(o) for o in point.overrides],
+                    "argv": proc.public_argv(),
+                    "startup_s": proc.startup_s,
+                }
+                if poller.problem:
+                    snap.setdefault("notes", []).append(poller.problem)
+                path = save_snapshot(out_path / f"{engine}-{point.slug}.json", snap)
+                snaps.append(path)
+                row = comparison_row(point.label, snap, load_ns)
+                if session.failure:
+                    row["error"] = session.failure
+                row["failure"] = snap.get("failure")
+                rows.append(row)
+                print_summary({**snap["summary"], **extra}, stdout)
+                echo(f"llmtop: [{n}/{len(points)}] {point.label}: snapshot {path}")
+                stage.at("after its snapshot was written")
 
     def _run_points() -> None:
         for n, point in enumerate(points, 1):
+            stage.point(n, point.label)
+            stage.at("as its engine was started")
             args = apply_overrides(engine_args, point.overrides)
             echo(f"llmtop: [{n}/{len(points)}] {point.label}: starting {engine} ...")
+            stage.at("in its engine's health wait")
             try:
                 proc = launch_engine(
                     engine,
@@ -308,56 +448,47 @@ def run_sweep(
                 if len(points) == 1:
                     raise
                 echo(f"llmtop: [{n}/{len(points)}] {point.label}: {exc}")
-                rows.append({"config": point.label, "error": redact(str(exc))})
+                rows.append({"config": point.label, "error": redact(str(exc)), "failure": None})
                 continue
             with proc:
                 echo(
                     f"llmtop: [{n}/{len(points)}] {point.label}: healthy at "
                     f"{proc.url} after {proc.startup_s or 0:.1f} s"
                 )
-                target = dataclasses.replace(config.target, url=proc.url)
-                point_config = dataclasses.replace(config, target=target)
-                with prepare(
-                    point_config, profile=profile, echo=echo, gpu_metrics=gpu_metrics
-                ) as prep:
-                    poller = prep.start_poller(lambda m: echo(f"llmtop: warning: {m}"))
-                    try:
-                        session, interrupted = drive_session(
-                            prep.config, slo, poller.latest, progress
-                        )
-                        c = session.collector  # the scrapes that saw requests in flight
-                        load_ns = (
-                            c.first_send_ns or session.start_ns or 0,
-                            c.last_end_ns or time.perf_counter_ns(),
-                        )
-                    finally:
-                        session_series = poller.finish()
-                    session.server_series = session_series
-                    extra = prep.extra
-                    snap = build_snapshot(session, extra)
-                    snap["sweep"] = {
-                        "engine": engine,
-                        "label": point.label,
-                        "overrides": [list(o) for o in point.overrides],
-                        "argv": proc.public_argv(),
-                        "startup_s": proc.startup_s,
-                    }
-                    if poller.problem:
-                        snap.setdefault("notes", []).append(poller.problem)
-                    path = save_snapshot(out_path / f"{engine}-{point.slug}.json", snap)
-                    snaps.append(path)
-                    row = comparison_row(point.label, snap, load_ns)
-                    if session.failure:
-                        row["error"] = session.failure
-                    rows.append(row)
-                    print_summary({**snap["summary"], **extra}, stdout)
-                    echo(f"llmtop: [{n}/{len(points)}] {point.label}: snapshot {path}")
-                    if interrupted:
-                        raise KeyboardInterrupt  # this point is saved; the ones after it never ran
+                _measure(n, point, proc)
+                stage.at("as its engine was stopped")
+            stage.at("after its engine stopped")
 
-    try:
-        with Interrupts(raising=True):  # outside a load, a signal interrupts at once
-            _run_points()
-    finally:
-        _wrap_up(out_path, rows, created, stdout, echo)
+    # Held from the start, so that whatever arrives before the sweep's own handler or after
+    # it (the comparison's write) waits for a whole file; acted on below.
+    with HeldSignals() as late:
+        try:
+            with _SweepInterrupts(stage, raising=True):  # outside a load: at once
+                if late.signals:
+                    raise KeyboardInterrupt
+                # An engine that is not installed is said before any folder exists.
+                engine_command(engine, apply_overrides(engine_args, points[0].overrides), python)
+                created = _make_out_dir(out_path)
+                _run_points()
+        except KeyboardInterrupt:
+            for signum in late.signals:
+                stage.note(signum)
+            if stage.signal is None:  # a KeyboardInterrupt not from our handler
+                stage.note(signal.SIGINT)
+            if rows and rows[-1]["config"] != stage.label:
+                # the point cut before it was measured, beside the ones that were: a row that
+                # says so (a sweep that measured nothing writes no comparison at all)
+                rows.append({"config": stage.label, **_cut(stage)})
+        finally:
+            _wrap_up(out_path, rows, created, stdout, echo)
+        for signum in late.consume():  # during the comparison's write: the sweep is over
+            stage.note(signum)
+    if stage.signal is not None:
+        wrote = (out_path / "comparison.json").exists() and bool(rows)
+        raise Interrupted(_interrupted_line(stage, snaps, out_path, wrote))
     return SweepResult(rows, snaps, out_path)
+
+
+def _cut(stage: _Stage) -> dict[str, Any]:
+    failure = stage.failure()
+    return {"error": failure["message"], "failure": failure}

@@ -23,6 +23,7 @@ from llmtop.metrics.catalog import GAUGE_METRICS, INTERVAL_METRICS
 from llmtop.metrics.records import RequestRecord
 from llmtop.output.jsonfile import clean
 from llmtop.output.snapshot import histogram_of
+from llmtop.output.writable import HeldSignals
 
 
 class ExportError(LlmtopError):
@@ -196,12 +197,14 @@ class RequestLog:
                 pass
 
     def close(self) -> None:
+        """Flush and close; a signal meanwhile waits, so the last line is never cut."""
         if self._f is not None:
-            try:
-                self._f.close()
-            except OSError as exc:
-                self._fail(exc)
-            self._f = None
+            with HeldSignals():
+                try:
+                    self._f.close()
+                except OSError as exc:
+                    self._fail(exc)
+                self._f = None
 
     def __enter__(self) -> RequestLog:
         return self

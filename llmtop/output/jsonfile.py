@@ -1,9 +1,10 @@
 """JSON files: ONE cleaner (JSON has no NaN or infinity) and ONE atomic, fsync'd writer.
 
 Every JSON llmtop writes (`--json`, snapshots, `compare --json`, comparison tables) goes
-through here, so a crash or a full disk never leaves half a file, and they all share one
-permission rule (the umask's, like any file a program creates). The cleaner redacts
-(`llmtop.errors.redact`): no secret and no terminal control reaches a JSON file.
+through here, so a crash, a full disk or a signal never leaves half a file (a signal that
+arrives during the write takes effect once the file is renamed into place: `HeldSignals`),
+and they all share one permission rule (the umask's, like any file a program creates). The
+cleaner redacts (`llmtop.errors.redact`): no secret and no terminal control reaches a JSON file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtop.errors import redact
+from llmtop.output.writable import HeldSignals
 
 
 def clean(obj: Any) -> Any:
@@ -43,9 +45,14 @@ def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> Pa
     """Temporary file beside `path`, fsync, rename: never a half-written file (or OSError).
 
     A path that is not a regular file (`/dev/stdout`, a FIFO, a device) is written in
-    place: renaming over it would replace the device node itself.
+    place: renaming over it would replace the device node itself. SIGINT, SIGTERM and SIGHUP
+    are held while it writes and delivered after: the file is whole (or untouched) first.
     """
-    path = Path(path)
+    with HeldSignals():
+        return _write_json_atomic(Path(path), data, indent)
+
+
+def _write_json_atomic(path: Path, data: Any, indent: int | None) -> Path:
     if path.exists() and not path.is_file():
         with open(path, "w", encoding="utf-8") as f:
             json.dump(clean(data), f, indent=indent)
