@@ -543,6 +543,24 @@ def test_bad_scale_flags_are_one_line_errors(scripted: Any, flags: list[str], ne
     assert_one_line_error(res, needle)
 
 
+def test_ray_client_mode_without_its_extra_is_a_one_line_error(
+    scripted: Any, tmp_path: Any
+) -> None:
+    """`ray://` needs ray[client] (grpcio): said before any load, not after Ray connects."""
+    from tests.conftest import assert_one_line_error, run_cli
+
+    pytest.importorskip("ray")
+    shim = tmp_path / "grpc"
+    shim.mkdir()
+    (shim / "__init__.py").write_text("raise ImportError('grpc is not installed')\n")
+    res = run_cli(
+        "run", "--url", scripted.url, "--num-requests", "3", "--ray", "ray://127.0.0.1:1",
+        timeout=60, env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert_one_line_error(res, "needs pip install 'ray[client]'")
+    assert scripted.stats.requests == 0
+
+
 def test_a_parent_that_falls_behind_its_workers_is_named() -> None:
     """Behind while busy: the collector is the limit. Behind while idle: a busy host."""
     book = WorkerBook(["h", "h"], cores_free=8)

@@ -57,8 +57,27 @@ _OPTIONS = [
 def check_ray_address(address: str) -> None:
     """`--ray` must name a cluster the way `ray.init(address=...)` takes it."""
     text = address.strip()
-    if text == "auto" or text.startswith("ray://"):
+    if text.startswith("ray://"):
+        _check_ray_client(address)
+        return
+    if text == "auto":
         return
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--ray {address!r}: expected auto, host:port or ray://host:port")
+
+
+def _check_ray_client(address: str) -> None:
+    """`ray://` is Ray's client mode, which needs `ray[client]` (grpcio): without it, Ray
+    fails only after connecting, with a message about pip extras; say it before any load."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return  # the run says that --ray needs Ray
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"--ray {address}: Ray client mode (ray://) needs pip install 'ray[client]' "
+            "(or give the cluster's host:port from a node of the cluster)"
+        ) from None
