@@ -295,7 +295,7 @@ class LlmtopApp(App[int]):
         if message.saved:
             self.log_event(f"snapshot saved: {message.saved}", "green")
         if self.quitting:
-            self.exit(0)
+            self.exit(return_code=1 if self.crashed else 0)
 
     def log_event(self, text: str, style: str = "") -> None:
         """Every line passes redact(): error texts and knee notes may carry a server's
