@@ -138,7 +138,7 @@ def test_ray_client_two_workers_two_nodes(
     want = [t / 1e6 for t in ref.take_due(10**12)[:n]]
     got = [t - intended[0] for t in intended]
     assert max(abs(g - w) for g, w in zip(got, want, strict=True)) < 0.1, (got[:5], want[:5])
-    assert all(0 <= row["send_ms"] - row["intended_ms"] < 50 for row in rows)
+    assert all(0 <= row["send_ms"] - row["intended_ms"] < 1000 for row in rows)
 
 
 @pytest.mark.parametrize("save", [False, True], ids=["histograms", "save-requests"])

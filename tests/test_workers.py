@@ -608,3 +608,16 @@ def test_the_table_lists_every_worker_and_says_which_was_lost() -> None:
     assert "LOST at 4.2 s (Ray worker lost (ActorDiedError))" in lines[2]
     assert "its share went to #0 from 4.5 s; 7 requests it had sent were lost" in lines[3]
     assert worker_lines({"workers": summary["workers"][:1], "workers_lost": []}) == []
+
+
+def test_a_wall_clock_instant_maps_onto_this_hosts_monotonic_clock() -> None:
+    """The Ray barrier: the same wall instant lands at the same local instant, read after
+    read (to a few µs), and `d` ns later on the wall is `d` ns later here."""
+    from llmtop.load.ray_workers import wall_to_local_ns
+
+    wall = time.time_ns() + S
+    a = [wall_to_local_ns(wall) for _ in range(20)]
+    assert max(a) - min(a) < 200_000, max(a) - min(a)
+    expected = time.perf_counter_ns() + (wall - time.time_ns())
+    assert abs(a[0] - expected) < 5 * MS
+    assert abs(wall_to_local_ns(wall + 7 * MS) - a[0] - 7 * MS) < 200_000

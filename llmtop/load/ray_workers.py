@@ -88,6 +88,22 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def wall_to_local_ns(wall_ns: int, tries: int = 5) -> int:
+    """A wall-clock instant on this host's perf_counter_ns clock. The two clocks are read
+    as a tight pair, several times, and the pair read closest together is used: a thread
+    preempted between two reads (a busy host) would otherwise shift the whole schedule of
+    this node by the preemption."""
+    best: tuple[int, int, int] | None = None
+    for _ in range(tries):
+        p1 = time.perf_counter_ns()
+        w = time.time_ns()
+        p2 = time.perf_counter_ns()
+        if best is None or p2 - p1 < best[0]:
+            best = (p2 - p1, (p1 + p2) // 2, w)
+    assert best is not None
+    return best[1] + (wall_ns - best[2])
+
+
 class NodeAgent:
     """The worker's parent on its node (a Ray actor, made with `ray.remote` at run time)."""
 
@@ -185,7 +201,7 @@ class NodeAgent:
 
     def start_at(self, start_wall_ns: int, offered: float) -> int:
         """The barrier: start at this wall-clock instant, on this node's monotonic clock."""
-        t_local = time.perf_counter_ns() + (start_wall_ns - time.time_ns())
+        t_local = wall_to_local_ns(start_wall_ns)
         with self.lock:
             self.t0_local = t_local
             self.start_wall_ns = start_wall_ns
@@ -345,7 +361,7 @@ class RayWorkerGroup(GroupBase):
             acc.node, acc.pid = info["node"], info["pid"]
         # the barrier: one wall-clock instant, turned into each node's own clock
         start_wall = time.time_ns() + round(BARRIER_S * 1e9)
-        self.parent_t0_ns = time.perf_counter_ns() + (start_wall - time.time_ns())
+        self.parent_t0_ns = wall_to_local_ns(start_wall)
         plan = self.config.plan
         ray.get(
             [
