@@ -235,6 +235,12 @@ def launch_command(ctx: click.Context, **o: Any) -> None:
         except Interrupted:
             held.ignore()
             raise
+        if held.signals:  # after the sweep's own handlers: every point is already kept
+            name = held.first
+            held.ignore()
+            raise Interrupted(
+                f"interrupted by {name} as the sweep ended; every point is kept in {result.out_dir}"
+            )
     click.echo(f"llmtop: snapshots and comparison.json in {result.out_dir}", err=True)
     if result.failed:
         names = ", ".join(r["config"] for r in result.failed)
