@@ -21,9 +21,9 @@ KEYS = (
     ("space", "pause / resume arrivals (requests in flight finish)"),
     ("r", "reset the sliding window (gauges show only what comes next)"),
     ("s", "save a snapshot now (the path appears in the event log)"),
-    ("l", "set the SLO (as --slo; empty: none): the gauges and `a` judge by it at once"),
-    ("a", "find the knee automatically (needs an SLO; ↑/↓ takes over)"),
-    ("p", "percentile spectrum, client beside server (p again: the charts)"),
+    ("l", "type the SLO (as --slo); gauges and `a` use it"),
+    ("a", "find the knee (needs an SLO; ↑/↓ takes over)"),
+    ("p", "percentile spectrum, client beside server (p: back)"),
     ("?", "this help"),
     ("q / Ctrl-C", "stop the load and quit; what was measured is kept"),
 )
