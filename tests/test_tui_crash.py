@@ -148,3 +148,26 @@ def test_the_command_leaves_with_one_line_and_a_nonzero_exit(
     arrived = len(fault_server.requests)
     time.sleep(0.5)
     assert len(fault_server.requests) == arrived  # no load process is left sending
+
+
+def test_an_app_that_never_started_its_worker_still_stops_the_load(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The load process starts before the app; if the app dies before its worker begins,
+    `abandon()` (what `llmtop` calls on the way out) stops it and keeps what it measured."""
+    snap = tmp_path / "run.json"
+    with prepared(options(fault_server.url, request_rate=8.0)) as prep:
+        driver = SessionDriver(
+            lambda: LoadSession(prep.config, SLO, interval_s=0.1), {}, save_path=str(snap)
+        )
+        driver.start()
+        deadline = time.monotonic() + 15
+        while len(fault_server.requests) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.session.process.alive and not driver.ran.is_set()
+        driver.abandon()
+    assert driver.done.is_set() and not driver.session.process.alive
+    assert json.loads(snap.read_text())["format"] == "llmtop-snapshot"
+    arrived = len(fault_server.requests)
+    time.sleep(0.5)
+    assert len(fault_server.requests) == arrived

@@ -101,3 +101,19 @@ async def test_an_invalid_slo_shows_the_error_and_keeps_the_old_one() -> None:
         await pilot.press("l")
         await pilot.pause()
         assert app.screen.query_one("#slo-value").value == "ttft_p99<=1s"  # prefilled
+
+
+async def test_the_slo_dialog_fits_80x24_and_its_error_wraps_whole() -> None:
+    from textual.widgets import Label
+
+    app = create_app(demo_info(Slo()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await type_slo(pilot, "nope_p99<=1s")
+        dialog = app.screen.query_one("#slo-dialog")
+        assert dialog.region.right <= 80 and dialog.region.bottom <= 24
+        for label in app.screen.query(Label):
+            text = str(label.render())
+            rows = label.size.height
+            assert label.size.width * rows >= len(text), (text, label.size)
+        error = str(app.screen.query_one("#slo-error", Label).render())
+        assert error.startswith("bad SLO 'nope_p99<=1s': unknown metric 'nope'")
