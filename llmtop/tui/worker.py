@@ -64,6 +64,7 @@ class SessionDriver:
         self._knee: Any = None
         self._next_steps = 0.0
         self.ran = threading.Event()  # run() began: only it may end the session now
+        self._claim_lock = threading.Lock()
 
     # -- the UI side --------------------------------------------------------------------
     def send(self, command: cmd.Command) -> None:
@@ -81,9 +82,20 @@ class SessionDriver:
         self.session = self._make_session()
         self.session.start()
 
+    def _claim(self) -> bool:
+        """True for the one caller (the worker, or abandon()) that drives the session."""
+        with self._claim_lock:
+            if self.ran.is_set():
+                return False
+            self.ran.set()
+            return True
+
     def run(self, post: Callable[[Message], object]) -> None:
         """The worker body: drive the session until Stop, then keep its results."""
-        self.ran.set()
+        if self._claim():
+            self._drive(post)
+
+    def _drive(self, post: Callable[[Message], object]) -> None:
         self._post = post
         session = self.session
         saved: str | None = None
@@ -109,10 +121,10 @@ class SessionDriver:
     def abandon(self) -> None:
         """The app ended before run() began (it failed while starting): stop the load here,
         keeping what it measured, so no load process is left running unseen."""
-        if self.session is None or self.ran.is_set():
+        if self.session is None or not self._claim():
             return
         self.send(cmd.Stop())
-        self.run(lambda m: None)
+        self._drive(lambda m: None)
 
     def _on_frame(self, frame: Telemetry | None) -> bool:
         """Between pumps: apply the operator's commands, post what changed; True on Stop."""
