@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from llmtop.output.jsonfile import write_json_atomic
+from llmtop.output.jsonfile import replace_atomic, write_json_atomic, write_text_atomic
 from llmtop.output.writable import HeldSignals, Interrupted, write_each
 from tests.conftest import ROOT
 from tests.test_knee_exit_codes import scripted_server
@@ -84,6 +84,26 @@ def test_a_signal_during_an_atomic_write_takes_effect_after_the_rename(
     assert handler.seen == [True], "the handler ran before the file was in place"
     assert json.loads(path.read_text()) == BIG
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+def test_a_text_export_is_held_the_same_way(tmp_path: Path, handler_restored: None) -> None:
+    """`.hlog` / CSV exports: a generator of lines written piece by piece, signalled midway."""
+    path = tmp_path / "tpot.hlog"
+    handler = _Raising(path)
+    signal.signal(signal.SIGTERM, handler)
+    watcher = _signal_when_temp_appears(tmp_path, signal.SIGTERM)
+    lines = [f"{i},{i * 7}\n" for i in range(400_000)]
+
+    def slowly(f: Any) -> None:
+        for line in lines:
+            f.write(line)
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_atomic(path, slowly)
+    watcher.join(5)
+    assert handler.seen == [True]
+    assert path.read_text() == "".join(lines)
+    assert write_text_atomic(path, "x\n") == path and path.read_text() == "x\n"
 
 
 def test_held_signals_reach_the_enclosing_hold_and_then_the_handler(

@@ -21,7 +21,7 @@ from hdrh.log import HistogramLogWriter
 from llmtop.errors import LlmtopError, redact
 from llmtop.metrics.catalog import GAUGE_METRICS, INTERVAL_METRICS
 from llmtop.metrics.records import RequestRecord
-from llmtop.output.jsonfile import clean
+from llmtop.output.jsonfile import clean, write_text_atomic
 from llmtop.output.snapshot import histogram_of
 from llmtop.output.writable import HeldSignals
 
@@ -78,7 +78,7 @@ def write_hlogs(
             buf = io.StringIO()
             if write_hlog(snap, m, buf):
                 path = out / f"{m}.hlog"
-                path.write_text(buf.getvalue())
+                write_text_atomic(path, buf.getvalue())  # whole or absent, as every output
                 paths.append(path)
     except OSError as exc:
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None

@@ -13,8 +13,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from llmtop.errors import redact
 from llmtop.output.writable import HeldSignals
@@ -48,23 +49,36 @@ def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> Pa
     place: renaming over it would replace the device node itself. SIGINT, SIGTERM and SIGHUP
     are held while it writes and delivered after: the file is whole (or untouched) first.
     """
+
+    def dump(f: TextIO) -> None:
+        json.dump(clean(data), f, indent=indent)
+        f.write("\n")
+
+    return replace_atomic(path, dump)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Text (an .hlog, a CSV) written as `write_json_atomic` writes JSON."""
+    return replace_atomic(path, lambda f: f.write(text))
+
+
+def replace_atomic(path: str | Path, write: Callable[[TextIO], object]) -> Path:
+    """Run `write` on a temporary file beside `path`, fsync, rename; signals held meanwhile."""
     with HeldSignals():
-        return _write_json_atomic(Path(path), data, indent)
+        return _replace_atomic(Path(path), write)
 
 
-def _write_json_atomic(path: Path, data: Any, indent: int | None) -> Path:
+def _replace_atomic(path: Path, write: Callable[[TextIO], object]) -> Path:
     if path.exists() and not path.is_file():
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(clean(data), f, indent=indent)
-            f.write("\n")
+            write(f)
         return path
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(clean(data), f, indent=indent)
-            f.write("\n")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
