@@ -83,7 +83,9 @@ class RateStepType(click.ParamType):
 @workload_options
 @ui_load_options
 @click.option(
-    "--slo", help="SLO shown on the gauges and charts, e.g. 'ttft_p99<=1s,tpot_p99<=20ms'."
+    "--slo",
+    help="SLO shown on the gauges and charts, e.g. 'ttft_p99<=1s,tpot_p99<=20ms'"
+    " (the l key changes it while the UI runs).",
 )
 @click.option(
     "--rate-step",
