@@ -528,3 +528,17 @@ def test_tiers_share_the_steps_and_each_gets_its_knee() -> None:
     # the ramp steps served both tiers: 4 and 8 are judged for each
     shared = [s for s in result.steps if s.phase == "ramp" and len(s.verdicts) == 2]
     assert [s.value for s in shared][:2] == [4.0, 8.0]
+
+
+def test_a_confirmation_short_of_samples_stays_unconfirmed_not_stepped_down() -> None:
+    """A confirmation too short for its evidence (no breach, too few requests to bound the
+    p99) leaves the knee unconfirmed: stepping down would only hold fewer requests."""
+    world = World(5.5, per_unit_rate=1.0, good_frac=0.0)
+    plan = KneePlan(start=4, factor=2, max_value=100, min_step_s=1, max_step_s=5, confirm_s=4)
+    result, _ = drive(plan, world)
+    confirms = [s for s in result.steps if s.phase == "confirm"]
+    assert len(confirms) == 1, [(s.value, s.verdict, s.basis) for s in confirms]
+    assert (confirms[0].verdict, confirms[0].basis) == ("undecided", "too few samples")
+    assert not result.sustained
+    assert result.knee == confirms[0].value <= 5.5
+    assert "too few requests to confirm" in result.reason and "--confirm-s" in result.reason

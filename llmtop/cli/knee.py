@@ -243,6 +243,13 @@ def knee_command(**o: Any) -> None:
         raise LlmtopError(run.failure.splitlines()[0])
     if not run.result.met:
         # the SLO as a CI gate: no step met it (or one of its tiers); the outputs are written
-        why = "; ".join(k.reason for k in run.result.knees if k.knee is None) or run.result.reason
+        why = (
+            "; ".join(
+                f"{k.name}: {k.reason}" if k.name else k.reason
+                for k in run.result.knees
+                if k.knee is None
+            )
+            or run.result.reason
+        )
         click.echo(f"llmtop: no load met the SLO: {why}", err=True)
         sys.exit(EXIT_SLO_BREACHED)

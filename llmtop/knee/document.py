@@ -29,6 +29,12 @@ def _limit_name(text: str) -> str:
     return text.split("<")[0].split(">")[0]
 
 
+def _duplicate_names(texts: list[str]) -> set[str]:
+    """Metrics limited twice (two tiers on one figure): those are shown with their limit."""
+    names = [_limit_name(t) for t in texts]
+    return {n for n in names if names.count(n) > 1}
+
+
 def steps_table(steps: Sequence[KneeStep | dict[str, Any]], mode: Mode = "rate") -> list[str]:
     """Plain-text table of the steps: from the document's step dicts (final figures) or,
     while the search runs, from the machine's steps (figures at the verdict)."""
@@ -40,10 +46,13 @@ def steps_table(steps: Sequence[KneeStep | dict[str, Any]], mode: Mode = "rate")
     lines = [head]
     for s in steps:
         d = s if isinstance(s, dict) else _live_row(s)
+        los = d.get("slo") or d.get("limits") or []
+        dup = _duplicate_names([lo["limit"] for lo in los])
         lim = "  ".join(
-            f"{_limit_name(lo['limit'])}={_fmt_value(lo['value'], lo['limit'])}"
+            f"{lo['limit'] if _limit_name(lo['limit']) in dup else _limit_name(lo['limit'])}"
+            f"={_fmt_value(lo['value'], lo['limit'])}"
             f"{'' if lo.get('ok', True) else '!'}"
-            for lo in (d.get("slo") or d.get("limits") or [])
+            for lo in los
         )
         tiers = d.get("tiers")
         if tiers:
@@ -97,8 +106,9 @@ def step_line(step: KneeStep, plan: KneePlan) -> str:
     """The live line of one finished step (the figures its verdict was made on)."""
     o = step.at_verdict or step.obs or StepObs()
     unit = "req/s" if plan.mode == "rate" else "concurrent"
+    dup = _duplicate_names([lo.text for lo in o.limits])
     limits = ", ".join(
-        f"{_limit_name(lo.text)} {_fmt_val(lo)}"
+        f"{lo.text if _limit_name(lo.text) in dup else _limit_name(lo.text)} {_fmt_val(lo)}"
         + (f" ({lo.censored} still waiting past it)" if lo.censored else "")
         for lo in o.limits
         if not math.isnan(lo.value)
@@ -108,7 +118,11 @@ def step_line(step: KneeStep, plan: KneePlan) -> str:
         flag += f"  ({step.note})"
     tiers = ""
     if len(step.verdicts) > 1:
-        tiers = "  tiers " + ", ".join(f"{t}:{v}" for t, (v, _) in sorted(step.verdicts.items()))
+        names = [t.name for t in plan.tiers]
+        tiers = "  tiers " + ", ".join(
+            f"{names[t] if t < len(names) and names[t] else t}:{v}"
+            for t, (v, _) in sorted(step.verdicts.items())
+        )
     return (
         f"knee: step {step.index} {step.value:g} {unit} ({step.phase}) -> {step.verdict}"
         f" ({step.basis}, {o.completed} done, {step.measured_s:.1f} s)  {limits}{tiers}{flag}"

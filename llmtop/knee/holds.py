@@ -9,6 +9,7 @@ indicators. docs/knee.md says why each rule is what it is.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from llmtop.knee.model import KneePlan, KneeStep, StepObs
@@ -122,6 +123,18 @@ class Holds:
         p = self.plan
         return bool(lims) and all(
             shown_within(lo, alpha, p.min_requests, d) for lo, d in zip(lims, disp, strict=True)
+        )
+
+    def _too_few(self, lims: list[LimitObs], disp: list[float], alpha: float) -> bool:
+        """Even with no sample past a limit its bound could not be shown: the hold was too
+        short for the evidence asked, which says nothing against the server."""
+        p = self.plan
+        return any(
+            not shown_within(
+                replace(lo, exceed=0, value=min(lo.value, lo.threshold)), alpha, p.min_requests, d
+            )
+            for lo, d in zip(lims, disp, strict=True)
+            if lo.upper
         )
 
     def _backlog(self, step: KneeStep, obs: StepObs, elapsed: float) -> float:

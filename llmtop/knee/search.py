@@ -371,6 +371,16 @@ class KneeSearch(Holds, Planning, Answers):
                     disp = [st.dispersion(i) for i in idx]
                     if confirm:
                         ok = self._shown(lims, disp, p.confirm_alpha)
+                        if (
+                            not ok
+                            and all(lo.point_ok for lo in lims)
+                            and self._too_few(lims, disp, p.confirm_alpha)
+                        ):
+                            # no breach, only too little evidence: stepping down would hold
+                            # even fewer requests; the knee stays unconfirmed instead
+                            step.verdicts[t] = ("undecided", "too few samples")
+                            step.note = step.note or "too few samples to confirm (--confirm-s)"
+                            continue
                     else:
                         ok = all(lo.point_ok for lo in lims)
                     step.verdicts[t] = ("good" if ok else "bad", "max hold")
@@ -386,9 +396,33 @@ class KneeSearch(Holds, Planning, Answers):
             # the first breach: keep the load a little longer to read the capacity from the
             # departures (every later hold scales with the utilisation it implies)
             return Hold("measuring the capacity")
+        if confirm:
+            self._share_confirmation(step, obs, st)
         primary = step.tier if step.tier in judged else judged[0]
         self._close(now_s, step, obs, pvals.get(primary))
         return self._after_step(now_s, step)
+
+    def _share_confirmation(self, step: KneeStep, obs: StepObs, st: Steady) -> None:
+        """A confirmation's long hold also speaks for the other tiers whose bracket holds its
+        value: judge it for them by the bisection's rules, so that a loose tier's knee never
+        ends below a tight tier's for want of a step judged for it."""
+        p = self.plan
+        for tier in self.tiers:
+            t = tier.index
+            if t in step.verdicts or t in self._judged[step.index] or not st.ok:
+                continue
+            if tier.confirmed is not None or tier.gave_up or tier.resolved:
+                continue
+            if not tier.interested(step.value):
+                continue
+            lims = [obs.limits[i] for i in self._limits_of(tier, obs)]
+            disp = [st.dispersion(i) for i in self._limits_of(tier, obs)]
+            if not lims or not all(lo.n >= self._n_point(lo) for lo in lims):
+                continue
+            if self._shown(lims, disp, p.point_alpha):
+                step.verdicts[t] = ("good", "shared")
+            elif not all(lo.point_ok for lo in lims):
+                step.verdicts[t] = ("bad", "shared")
 
     def _close(self, now_s: float, step: KneeStep, obs: StepObs, pv: float | None) -> None:
         step.ended_s = now_s
@@ -465,6 +499,13 @@ class KneeSearch(Holds, Planning, Answers):
                 if verdict == "good":
                     tier.confirmed = step.value
                     tier.confirm_step = step
+                elif basis == "too few samples":
+                    tier.record(step.value, "good")  # within the SLO on every point estimate
+                    tier.candidate = None
+                    tier.gave_up = (
+                        f"{self._fmt(step.value)} held {step.measured_s:.0f} s within the SLO,"
+                        " too few requests to confirm it: hold longer (--confirm-s)"
+                    )
                 else:
                     self._confirm_failed(tier, step, basis)
         if not bad:
@@ -586,7 +627,7 @@ class KneeSearch(Holds, Planning, Answers):
             step.verdicts[t] = ("bad", "recheck")
             tier = self.tiers[t]
             tier.record(step.value, "bad")
-            if step.phase == "confirm":
+            if step.phase == "confirm" and t in self._judged[step.index]:
                 self._confirm_failed(tier, step, "re-checked with its late requests")
             elif tier.candidate == step.value:
                 tier.candidate = None  # the candidate it rested on is gone: search below it
