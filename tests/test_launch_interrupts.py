@@ -4,7 +4,9 @@ the load and between sweep points, by SIGINT, SIGTERM, SIGHUP, or a SIGKILL of l
 The engine is a stand-in given as `--engine-python`: it writes its pid and its worker's pid
 into a folder, starts a worker in its own process group (as vLLM's engine core or trtllm's
 MPI ranks do), and then, depending on `--max-num-seqs`, never becomes healthy (1), never
-becomes healthy and ignores SIGTERM (2), or serves as llmtop's simulated vLLM (any other).
+becomes healthy and ignores SIGTERM (2), serves as llmtop's simulated vLLM and ignores
+SIGTERM (3: its stop takes the whole grace period), or serves as the simulated vLLM (any
+other).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ if seqs in ("1", "2"):
     while True:
         time.sleep(1)
 os.environ["PYTHONPATH"] = ROOT
+if seqs == "3":  # the simulator serves from a child; this process outlives SIGTERM
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    subprocess.run([sys.executable, "-m", "llmtop.sim", *args])
+    while True:
+        time.sleep(1)
 os.execv(sys.executable, [sys.executable, "-m", "llmtop.sim", *args])
 """
 
@@ -53,7 +60,9 @@ def _engine_python(tmp_path: Path) -> str:
     return str(path)
 
 
-def _launch(tmp_path: Path, sweep: str, *load: str) -> tuple[subprocess.Popen[str], Path]:
+def _launch(
+    tmp_path: Path, sweep: str, *load: str, grace_s: float = GRACE_S
+) -> tuple[subprocess.Popen[str], Path]:
     pids = tmp_path / "pids"
     pids.mkdir(exist_ok=True)
     args = [
@@ -61,7 +70,7 @@ def _launch(tmp_path: Path, sweep: str, *load: str) -> tuple[subprocess.Popen[st
         "--engine-python", _engine_python(tmp_path),
         "--engine-env", f"FAKE_ENGINE_PIDS={pids}",
         "--sweep", sweep, "--out", str(tmp_path / "out"),
-        "--health-timeout", "120", "--stop-grace", f"{GRACE_S:g}", "--no-progress",
+        "--health-timeout", "120", "--stop-grace", f"{grace_s:g}", "--no-progress",
         "--input-len", "16", "--output-len", "16", *load,
         "--", "--model", "llama-3.2-1b",
     ]  # fmt: skip
@@ -232,6 +241,37 @@ def test_interrupted_between_sweep_points(sig: int, tmp_path: Path) -> None:
     logs = sorted(p.name for p in out_dir.glob("*.log"))
     assert logs == ["vllm-max-num-seqs=1.log", "vllm-max-num-seqs=8.log"]
     assert "loading weights" in (out_dir / "vllm-max-num-seqs=1.log").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_interrupted_while_an_engine_stops(sig: int, tmp_path: Path) -> None:
+    """Point 1's engine ignores SIGTERM, so its stop takes the grace period: a signal then
+    cuts the grace short (SIGKILL at once) and ends the sweep; point 2 never starts."""
+    grace_s = 12.0  # long, so that waiting it out cannot pass for cutting it short
+    proc, pid_dir = _launch(tmp_path, "max-num-seqs=3,8", "--num-requests", "8", grace_s=grace_s)
+    engine = _engines(pid_dir, 1)
+    out_dir = tmp_path / "out"
+    deadline = time.monotonic() + 60
+    while not (out_dir / "vllm-max-num-seqs=3.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.5)  # the engine has its SIGTERM and ignores it: llmtop waits out the grace
+    os.killpg(proc.pid, sig)
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    left = _all_gone(engine, 5.0)
+    _kill_leftovers(left)
+    assert not left, f"engine processes left: {left}"
+    assert proc.returncode == 130, err
+    assert took < grace_s / 2, f"the rest of the grace period was waited out ({took:.1f} s)"
+    assert _said(err, signal.Signals(sig).name).endswith(
+        "during sweep point 1/2 (max-num-seqs=3), as its engine was stopped; kept in "
+        f"{out_dir}: vllm-max-num-seqs=3.json and comparison.json"
+    )
+    assert len(list(pid_dir.glob("engine-*"))) == 1, "point 2's engine was started"
+    rows = json.loads((out_dir / "comparison.json").read_text())
+    assert [r["config"] for r in rows] == ["max-num-seqs=3"] and rows[0]["completed"] == 8
 
 
 def test_a_launch_that_fails_at_once_leaves_no_folder(tmp_path: Path) -> None:
