@@ -33,10 +33,6 @@ from llmtop.output.writable import check_outputs
 UI_START_RATE = 1.0  # req/s when --request-rate is not given: modest, the operator ramps up
 UI_DURATION_S = 86_400.0  # "until quit" when neither --duration nor --num-requests is given
 WORKER_GRACE_S = 15.0
-# The `a` search in the UI stops after this long unless --budget says otherwise: an operator
-# watching waits minutes, not the tens a full search with long holds can take; what the
-# budget cuts short is reported as a bracket, "unconfirmed" (docs/knee.md), never as a knee.
-UI_KNEE_BUDGET_S = 300.0
 
 # The UI's own defaults, shown as such in `llmtop ui --help`.
 ui_load_options = make_load_options(
@@ -121,9 +117,9 @@ class RateStepType(click.ParamType):
 @click.option(
     "--budget",
     type=DurationType(),
-    default=f"{UI_KNEE_BUDGET_S:g}s",
-    show_default=True,
-    help="The `a` search: at most this long; cut short, the answer is the bracket found.",
+    default=None,
+    help="The `a` search: at most this long ('10m'); cut short, the answer is the bracket"
+    " found. Default: no bound (a p99 verdict needs ~300 requests a step near the knee).",
 )
 @click.option("--exit-after", type=float, hidden=True, help="Quit after this many seconds.")
 @click.pass_context

@@ -309,7 +309,10 @@ class SessionDriver:
         if value is not None:
             tps = k.get("output_throughput")
             held = "sustained" if k.get("sustained") else "unconfirmed"
-            text = f"knee: {value:g} ({held}, {k.get('confidence', '?')} confidence), " + (
+            if k.get("first_bad") is None:  # nothing tried broke the SLO: a floor, not a knee
+                held += ", no load tried broke the SLO"
+            at = f"{value:g}" if k.get("first_bad") is not None else f"at least {value:g}"
+            text = f"knee: {at} ({held}, {k.get('confidence', '?')} confidence), " + (
                 f"{tps:,.0f} output tok/s" if isinstance(tps, int | float) else "- tok/s"
             )
         else:
