@@ -61,7 +61,9 @@ class HeldSignals:
     the held signals for the caller to act on instead. Nested holds pass their signals out
     to the enclosing one. Off the main thread (where Python cannot set handlers) it holds
     nothing: Python runs signal handlers in the main thread only, so the write is not cut
-    by a KeyboardInterrupt there anyway.
+    by a KeyboardInterrupt there anyway. (Under asyncio's `add_signal_handler` the loop
+    hears a signal through its wakeup fd whatever the handler: no llmtop output is written
+    from such a loop.)
     """
 
     def __init__(self) -> None:
