@@ -116,6 +116,14 @@ class LoadSession:
         self.start_ns = 0
         self._next_tick_ns = 0
 
+    def set_slo(self, slo: Slo) -> None:
+        """Judge by a new SLO from the next frame on (the UI's `l`): the frame's verdicts, the
+        collector's goodput, and the workers' own per-request limits."""
+        self.slo = slo
+        limits_ms = slo.per_request_limits_ms()
+        self.collector.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
+        self.process.limits_ms = limits_ms
+
     def start(self) -> None:
         ensure_fd_limit(self.config)
         self.start_ns = time.perf_counter_ns()

@@ -201,10 +201,7 @@ class SessionDriver:
         if self._knee is not None:
             runner = self._knee
             self._finish_knee(session, runner.search.stop(time.perf_counter_ns() / 1e9).result)
-        session.slo = slo
-        limits_ms = slo.per_request_limits_ms()
-        session.collector.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
-        session.process.limits_ms = limits_ms
+        session.set_slo(slo)
         self._steps_cache.clear()  # settled steps' verdicts were on the old SLO
         self._next_steps = 0.0
         self._post(CommandApplied(f"SLO → {slo.text or 'none'}"))
