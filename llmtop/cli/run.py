@@ -28,7 +28,7 @@ from llmtop.output.console import (
 )
 from llmtop.output.exports import RequestLog
 from llmtop.output.snapshot import build_snapshot, save_snapshot
-from llmtop.output.writable import check_outputs, write_each
+from llmtop.output.writable import HeldSignals, check_outputs, write_each
 from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.slo import Slo
 
@@ -172,33 +172,39 @@ def run_command(**o: Any) -> None:
     check_outputs({**outputs, "--save-requests": o["requests_path"]})  # before any load
     with prepared(opts) as prep:
         poller = prep.start_poller(lambda m: click.echo(f"llmtop: warning: {m}", err=True))
-        try:
-            if o["repeat"] > 1:  # docs/repeat.md
-                rep = run_repeated(prep, o["repeat"], progress, slo, poller, o["requests_path"])
-                result = report_headless(
-                    rep.session,
-                    rep.interrupted,
-                    prep.extra,
-                    o["json_path"],
-                    o["save_path"],
-                    rep.log,
-                    o["requests_path"],
-                    more=rep.more,
-                )
-            else:
-                result = run_headless(
-                    prep.config,
-                    prep.extra,
-                    o["json_path"],
-                    progress,
-                    slo,
-                    server_sample=poller.latest,
-                    server_samples=poller.finish,
-                    save_path=o["save_path"],
-                    requests_path=o["requests_path"],
-                )
-        finally:
-            poller.stop()
+        # from here to the last output a signal outside the load (whose own Interrupts
+        # stop it gracefully) waits for the outputs, then counts as an interruption
+        with HeldSignals() as held:
+            try:
+                if o["repeat"] > 1:  # docs/repeat.md
+                    rep = run_repeated(prep, o["repeat"], progress, slo, poller, o["requests_path"])
+                    result = report_headless(
+                        rep.session,
+                        rep.interrupted,
+                        prep.extra,
+                        o["json_path"],
+                        o["save_path"],
+                        rep.log,
+                        o["requests_path"],
+                        more=rep.more,
+                    )
+                else:
+                    result = run_headless(
+                        prep.config,
+                        prep.extra,
+                        o["json_path"],
+                        progress,
+                        slo,
+                        server_sample=poller.latest,
+                        server_samples=poller.finish,
+                        save_path=o["save_path"],
+                        requests_path=o["requests_path"],
+                    )
+            finally:
+                poller.stop()
+                late = held.consume()
+    if late:
+        result.interrupted = True
     if result.failure or result.output_errors:
         first = [result.failure.splitlines()[0]] if result.failure else []
         raise LlmtopError("; ".join(first + result.output_errors))

@@ -30,6 +30,7 @@ from llmtop.metrics.collector import Collector, Step
 from llmtop.metrics.figures import Figures, Waiting, step_figures, waiting_past
 from llmtop.metrics.hdr import count_above_us, mean_us, stddev_us
 from llmtop.output.console import write_json_output
+from llmtop.output.writable import HeldSignals
 from llmtop.session import Interrupts, LoadSession, drive
 from llmtop.slo import RATE_METRICS, Slo
 
@@ -248,7 +249,31 @@ def run_knee(
     out: TextIO | None = None,
     log: TextIO | None = None,
 ) -> KneeRun:
-    """Search for the knee; print the steps and the answer; write --json / --save."""
+    """Search for the knee; print the steps and the answer; write --json / --save.
+
+    A signal outside the load (whose own Interrupts stop it gracefully), while the answer is
+    built and written, waits for the outputs and then counts as an interruption.
+    """
+    with HeldSignals() as held:
+        try:
+            run = _run_knee(config, extra, slo, plan, json_path, save_path, out, log)
+        finally:
+            late = held.consume()
+    if late:
+        run.interrupted = True
+    return run
+
+
+def _run_knee(
+    config: RunConfig,
+    extra: dict[str, Any],
+    slo: Slo,
+    plan: KneePlan,
+    json_path: str | None,
+    save_path: str | None,
+    out: TextIO | None,
+    log: TextIO | None,
+) -> KneeRun:
     out = out if out is not None else sys.stdout
     log = log if log is not None else sys.stderr
     session = LoadSession(config, slo)

@@ -150,12 +150,15 @@ class ParentChannel:
         self._decoder = FrameDecoder()
         self._pending: list[Any] = []
         self.closed = False
+        self.send_failed = False
 
     def send(self, msg: Any) -> None:
+        """Send to the load process; a dead peer is found by `receive`, not here: a send that
+        fails (EPIPE: the process just exited) must not drop the messages still unread."""
         try:
             self.sock.sendall(encode(msg))
         except OSError:
-            self.closed = True
+            self.send_failed = True
 
     def receive(self, timeout_s: float) -> list[Any]:
         """Every message available within `timeout_s` (possibly none)."""
