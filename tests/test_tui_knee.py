@@ -23,6 +23,7 @@ from llmtop.slo import Slo
 from llmtop.tui.app import create_app
 from llmtop.tui.messages import KneeReported
 from llmtop.tui.model import RunInfo
+from llmtop.tui.widgets.timeseries import LatencyChart
 from llmtop.tui.worker import SessionDriver
 from tests.conftest import ROOT
 from tests.test_tui import options, wait_for
@@ -83,6 +84,9 @@ def run_search(url: str, slo: Slo, **load: Any) -> tuple[Any, Any, list[str]]:
                 await wait_for(pilot, lambda: app.telemetry.completed > before + 10, 15)
                 assert not app.telemetry.paused and app.main.query_one("#header")
                 assert app.is_running and app.crashed is None
+                # the chart's load line is the concurrency in closed loop, not a rate
+                unit = "concurrency" if load.get("concurrency") else "offered req/s"
+                assert app.main.query_one(LatencyChart).load_unit == unit
                 await pilot.press("q")
                 await wait_for(pilot, lambda: driver.done.is_set(), timeout=20)
 

@@ -91,7 +91,7 @@ class MainScreen(Screen[None]):
                     yield LatencyGauge(metric, label, definition, self.info.slo, id=f"g-{metric}")
             yield ThroughputPanel(bool(self.info.slo), id="throughput")
             with Horizontal(id="charts"):
-                yield LatencyChart(self.info.slo, id="chart")
+                yield LatencyChart(self.info.slo, self.info.closed_loop, id="chart")
                 yield KneeCurve(self.info.slo, id="knee")
             yield SpectrumPanel(id="spectrum")  # the p key swaps it with the charts
             with Horizontal(id="bottom"):

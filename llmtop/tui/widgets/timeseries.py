@@ -46,9 +46,10 @@ class LatencyChart(Widget):
     }
     frame: reactive[Telemetry | None] = reactive(None, always_update=True)
 
-    def __init__(self, slo: Slo, **kw: object) -> None:
+    def __init__(self, slo: Slo, closed_loop: bool = False, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.slo = slo
+        self.load_unit = "concurrency" if closed_loop else "offered req/s"
         self.border_title = "p99 latency over time"
         self.points: deque[_Point] = deque(maxlen=KEEP_S)
 
@@ -91,7 +92,7 @@ class LatencyChart(Widget):
         rows.append(rate)
         if axis:
             span = f"← {len(pts)}s"
-            rows.append(Text(" " * LABEL_W + span + "offered req/s".rjust(width - len(span)), lab))
+            rows.append(Text(" " * LABEL_W + span + self.load_unit.rjust(width - len(span)), lab))
         return Group(*rows)
 
     def _series(
