@@ -5,19 +5,15 @@ one of its tiers), with the lowest load's figures written; its 0 (a knee found) 
 
 from __future__ import annotations
 
-import contextlib
-import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 from tests.support.fault_server import FaultServer
+from tests.support.processes import scripted_server_process
 from tests.test_knee_run import run_knee_cli
 
 
@@ -39,29 +35,9 @@ def test_run_exits_3_when_the_slo_is_breached_and_still_writes(
 SLOW_TTFT_MS = 50.0  # the scripted server's TTFT: no load, however light, answers faster
 
 
-@contextlib.contextmanager
-def scripted_server(*args: str) -> Iterator[str]:
-    """The scripted server in its own process (its timer must not share the test's loop)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.scripted_server", "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield json.loads(proc.stdout.readline())["url"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def slow_url() -> Iterator[str]:
-    with scripted_server("--ttft-ms", f"{SLOW_TTFT_MS:g}", "--itl-ms", "5") as url:
+    with scripted_server_process("--ttft-ms", f"{SLOW_TTFT_MS:g}", "--itl-ms", "5") as url:
         yield url
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, CliResult, assert_one_line_error
+from tests.support.processes import scripted_server_process
 
 # The K-slot server: K generation slots, a FIFO queue beyond them, fixed TTFT and ITL.
 K = 8
@@ -82,36 +83,9 @@ def theoretical_knee(limit_ms: float) -> float:
 
 @pytest.fixture(scope="module")
 def kslot_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.scripted_server",
-            "--port",
-            "0",
-            "--slots",
-            str(K),
-            "--ttft-ms",
-            str(TTFT_MS),
-            "--itl-ms",
-            str(ITL_MS),
-            "--tokens",
-            str(TOKENS),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        info = json.loads(proc.stdout.readline())
-        yield info["url"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    args = ["--slots", str(K), "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)]
+    with scripted_server_process(*args, "--tokens", str(TOKENS)) as url:
+        yield url
 
 
 KSLOT_ARGS = [

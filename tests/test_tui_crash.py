@@ -8,11 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pty
 import re
-import select
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -25,8 +21,8 @@ from llmtop.tui.app import create_app
 from llmtop.tui.model import RunInfo
 from llmtop.tui.widgets.throughput import ThroughputPanel
 from llmtop.tui.worker import SessionDriver
-from tests.conftest import ROOT
 from tests.support.fault_server import FaultServer
+from tests.support.tty import run_cli_tty
 from tests.test_tui import SLO, options, wait_for
 
 
@@ -90,41 +86,9 @@ _BREAK_AND_RUN = textwrap.dedent(
 
 def run_tty(args: list[str], break_after: int, timeout: float = 90.0) -> tuple[int, str]:
     """(exit code, all the terminal got) of `python -c ...` on a pseudo-terminal."""
-    main, child = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env["TERM"] = env.get("TERM") or "xterm-256color"
     env["BREAK_AFTER"] = str(break_after)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _BREAK_AND_RUN, *args],
-        stdin=child,
-        stdout=child,
-        stderr=child,
-        cwd=ROOT,
-        env=env,
-        close_fds=True,
-    )
-    os.close(child)
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([main], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(main, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-        code = proc.wait(timeout=10)
-    finally:
-        os.close(main)
-    return code, out.decode("utf-8", "replace")
+    return run_cli_tty(*args, timeout=timeout, env=env, entry=("-c", _BREAK_AND_RUN))
 
 
 @pytest.mark.slow

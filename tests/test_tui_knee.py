@@ -6,11 +6,7 @@ the search is the same state machine as `llmtop knee`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +21,7 @@ from llmtop.tui.messages import KneeReported
 from llmtop.tui.model import RunInfo
 from llmtop.tui.widgets.timeseries import LatencyChart
 from llmtop.tui.worker import SessionDriver
-from tests.conftest import ROOT
+from tests.support.processes import scripted_server_process
 from tests.test_tui import options, wait_for
 
 K = 4  # generation slots; requests beyond wait in a FIFO queue
@@ -37,23 +33,9 @@ KNOBS = {"min_step_s": 1.0, "max_step_s": 3.0, "confirm_s": 3.0, "budget_s": 120
 @pytest.fixture
 def kslot() -> Iterator[str]:
     """The server in its own process: in this one it would share the GIL with the UI."""
-    args = ["--port", "0", "--slots", str(K), "--ttft-ms", str(TTFT_MS)]
-    args += ["--itl-ms", str(ITL_MS), "--tokens", str(TOKENS)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.scripted_server", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield json.loads(proc.stdout.readline())["url"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    args = ["--slots", str(K), "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)]
+    with scripted_server_process(*args, "--tokens", str(TOKENS)) as url:
+        yield url
 
 
 def run_search(url: str, slo: Slo, **load: Any) -> tuple[Any, Any, list[str]]:

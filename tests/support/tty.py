@@ -19,14 +19,16 @@ def run_cli_tty(
     timeout: float = 60.0,
     cwd: Path = ROOT,
     env: dict[str, str] | None = None,
+    entry: tuple[str, ...] = ("-m", "llmtop"),
 ) -> tuple[int, str]:
-    """(exit code, everything written to the terminal) of `python -m llmtop ARGS` on a pty."""
+    """(exit code, everything written to the terminal) of `python -m llmtop ARGS` on a pty
+    (or of `python ENTRY ARGS`, e.g. `("-c", code)`)."""
     main, child = pty.openpty()
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env = {**env, "TERM": env.get("TERM") or "xterm-256color"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmtop", *args],
+        [sys.executable, *entry, *args],
         stdin=child,
         stdout=child,
         stderr=child,
