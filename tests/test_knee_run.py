@@ -111,27 +111,23 @@ KSLOT_ARGS = [
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_kslot_knee_matches_queueing_theory_and_repeats(kslot_url: str, tmp_path: Path) -> None:
+@pytest.mark.timeout(600)
+def test_kslot_knee_matches_queueing_theory(kslot_url: str, tmp_path: Path) -> None:
+    """Issue 11's bar at a scale CI affords (its full size, 3 seeds and two service times:
+    benchmarks/knee_sustained.py)."""
     expected = theoretical_knee(LIMIT_MS)  # ~122 req/s, rho ~0.86
     assert 0.8 * CAPACITY < expected < 0.9 * CAPACITY
     # Interval: the bisection stops 5 % below a breach; a p99 from a few hundred samples
     # and a 2-core box's jitter move it a little either way.
     low, high = 0.82 * expected, 1.06 * expected
-    knees = []
-    for i in range(2):
-        r = run_knee_cli(
-            "--url", kslot_url, *KSLOT_ARGS, json_path=tmp_path / f"k{i}.json", timeout=400
-        )
-        assert r.returncode == 0, r.stderr[-2000:]
-        k = r.data["knee"]
-        print(f"run {i}: knee {k['rate']} req/s (theory {expected:.1f}), {k['confidence']}")
-        assert low <= k["rate"] <= high, (k, expected, r.stdout)
-        assert k["first_bad"] > k["rate"]
-        assert k["request_throughput"] == pytest.approx(k["rate"], rel=0.2)
-        assert k["goodput"] <= k["request_throughput"] + 1e-9
-        knees.append(k["rate"])
-    assert abs(knees[0] - knees[1]) / max(knees) <= 0.10, knees
+    r = run_knee_cli("--url", kslot_url, *KSLOT_ARGS, json_path=tmp_path / "k.json", timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    k = r.data["knee"]
+    print(f"knee {k['rate']} req/s (theory {expected:.1f}), {k['confidence']}")
+    assert low <= k["rate"] <= high, (k, expected, r.stdout)
+    assert k["sustained"] and k["first_bad"] > k["rate"]
+    assert k["request_throughput"] == pytest.approx(k["rate"], rel=0.2)
+    assert k["goodput"] <= k["request_throughput"] + 1e-9
 
 
 def test_json_shape_and_rate_cap(kslot_url: str, tmp_path: Path) -> None:
@@ -197,6 +193,8 @@ def test_concurrency_search(kslot_url: str, tmp_path: Path) -> None:
         "2",
         "--max-step-s",
         "5",
+        "--confirm-s",
+        "15",
         json_path=tmp_path / "c.json",
     )
     assert r.returncode == 0, r.stderr
