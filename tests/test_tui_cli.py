@@ -114,3 +114,37 @@ def test_real_terminal_takes_keys_and_exits_cleanly(tmp_path: Path, target: str)
     assert data["format"] == "llmtop-snapshot"
     assert [s["offered"] for s in data["steps"]][:3] == [2.0, 2.2, 4.4]
     assert data["summary"]["completed"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_terminal_that_goes_away_stops_the_load_and_keeps_the_snapshot(tmp_path: Path) -> None:
+    """Killing the terminal (a closed SSH session, a killed tmux) sends SIGHUP: the load stops,
+    the snapshot is written and the process ends, although Textual cannot write any more."""
+    import psutil
+
+    snap = tmp_path / "gone.json"
+    args = ["--request-rate", "2", "--input-len", "32", "--output-len", "16", "--save", str(snap)]
+    tmux = Tmux(tmp_path, args)
+    try:
+        tmux.wait_for("measuring", timeout=90)
+        time.sleep(2.0)
+    finally:
+        tmux.close()  # the pane's processes get SIGHUP; the terminal is gone
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["cmdline", "status"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(snap) in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        return found
+
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    left = ours()
+    for p in left:
+        p.kill()
+    assert not left, f"still running after the terminal went away: {left}"
+    assert json.loads(snap.read_text())["summary"]["completed"] > 0

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -201,8 +203,14 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
         # snapshot is saved.
         quit_on = (signal.SIGTERM, signal.SIGHUP)
         old = {sig: signal.getsignal(sig) for sig in quit_on}
+        left = threading.Event()
+
+        def on_quit_signal(*_: object) -> None:
+            app.call_later(app.action_quit)
+            _leave_anyway(driver, left)
+
         for sig in quit_on:
-            signal.signal(sig, lambda *_: app.call_later(app.action_quit))
+            signal.signal(sig, on_quit_signal)
         poller.start()
         try:
             app.run()
@@ -215,12 +223,32 @@ def run_ui(o: dict[str, Any], ctx: click.Context | None = None) -> int:
                 driver.send(Stop())
                 driver.done.wait(WORKER_GRACE_S)
             poller.stop()
+        left.set()
         if app.crashed:
             # one line, with the terminal back; the load is stopped and its results kept
             _epilogue(driver, failed=f"the UI failed ({app.crashed})")
             return 1
         _epilogue(driver)
     return 0
+
+
+def _leave_anyway(driver: Any, left: threading.Event) -> None:
+    """After SIGTERM/SIGHUP, make sure the process ends even if the UI cannot.
+
+    With its terminal gone (a closed SSH session, a killed tmux) Textual's shutdown can block
+    for ever writing to it, leaving the load running unseen. So the load is stopped here, off
+    the UI's thread, and once it has closed (snapshot saved) the UI gets a few seconds to
+    leave the normal way before the process exits 130 without it.
+    """
+    from llmtop.tui.commands import Stop
+
+    def watch() -> None:
+        driver.send(Stop())
+        driver.done.wait(WORKER_GRACE_S)
+        if not left.wait(5.0):
+            os._exit(130)
+
+    threading.Thread(target=watch, name="llmtop-leave", daemon=True).start()
 
 
 def knee_plan_options(o: dict[str, Any]) -> dict[str, Any]:
