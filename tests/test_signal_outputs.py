@@ -26,7 +26,7 @@ import pytest
 from llmtop.output.jsonfile import replace_atomic, write_json_atomic, write_text_atomic
 from llmtop.output.writable import HeldSignals, Interrupted, write_each
 from tests.conftest import ROOT
-from tests.test_knee_exit_codes import scripted_server
+from tests.support.processes import scripted_server_process
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux signal semantics")
 
@@ -182,7 +182,7 @@ def test_two_sigints_in_quick_succession_leave_only_whole_files(
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with scripted_server("--ttft-ms", "20", "--itl-ms", "5") as url:
+    with scripted_server_process("--ttft-ms", "20", "--itl-ms", "5") as url:
         args = [
             sys.executable, "-m", "llmtop", "run", "--url", url,
             "--duration", "60", "--request-rate", "40", "--input-len", "8", "--output-len", "20",
