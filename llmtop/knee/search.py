@@ -415,8 +415,9 @@ class KneeSearch(Holds, Planning, Answers):
                 continue
             if not tier.interested(step.value):
                 continue
-            lims = [obs.limits[i] for i in self._limits_of(tier, obs)]
-            disp = [st.dispersion(i) for i in self._limits_of(tier, obs)]
+            idx = self._limits_of(tier, obs)
+            lims = [obs.limits[i] for i in idx]
+            disp = [st.dispersion(i) for i in idx]
             if not lims or not all(lo.n >= self._n_point(lo) for lo in lims):
                 continue
             if self._shown(lims, disp, p.point_alpha):
