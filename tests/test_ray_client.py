@@ -28,6 +28,7 @@ pytest.importorskip("grpc", reason="Ray client mode (ray://) needs ray[client]")
 pytestmark = pytest.mark.slow
 
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 2**20}
+CHANNEL_TIMEOUT = "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S"
 
 
 def _free_port() -> int:
@@ -64,7 +65,18 @@ def client_cluster() -> Iterator[tuple[Any, str]]:
     before = _children(os.getpid())
     port = _free_port()
     head = {**NODE, "include_dashboard": False, "ray_client_server_port": port}
-    c = Cluster(initialize_head=True, head_node_args=head)
+    # The head's client proxy starts a Python process per client and gives up on it after
+    # 30 s; two nodes, a proxy and the CLI on CI's 2 cores once took longer (an
+    # "Initialization failure" the CLI now also tries again). The head inherits this.
+    old_timeout = os.environ.get(CHANNEL_TIMEOUT)
+    os.environ[CHANNEL_TIMEOUT] = "120"
+    try:
+        c = Cluster(initialize_head=True, head_node_args=head)
+    finally:
+        if old_timeout is None:
+            os.environ.pop(CHANNEL_TIMEOUT, None)
+        else:
+            os.environ[CHANNEL_TIMEOUT] = old_timeout
     try:
         c.add_node(**NODE)
         c.wait_for_nodes(timeout=120)

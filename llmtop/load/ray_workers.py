@@ -58,6 +58,8 @@ CONTROL_MARGIN_S = 0.25  # rate changes take effect this far ahead on every node
 POLL_WAIT_S = 0.2  # an agent answers a poll at once when it has news, else after this
 READY_TIMEOUT_S = 120.0
 PLACEMENT_TIMEOUT_S = 60.0
+CONNECT_TRIES = 3  # a Ray client server that fails to start a session for us: try again
+CONNECT_RETRY_S = 2.0
 
 
 def _ray() -> Any:
@@ -319,18 +321,30 @@ class RayWorkerGroup(GroupBase):
         nodes = sorted({a.node for a in self.book.accounts})
         return {"ray": {"address": self.address, "placement": self.placement, "nodes": nodes}}
 
-    def start(self) -> None:
-        ray = _ray()
-        try:
-            if not ray.is_initialized():
-                check_reachable(self.address)
+    def _connect(self, ray: Any) -> None:
+        """`ray.init`, tried again when a Ray client server answers "Initialization failure":
+        its proxy starts a server process per client and gives up on it after 30 s, which a
+        busy head node can exceed once and not the next time."""
+        for attempt in range(1, CONNECT_TRIES + 1):
+            try:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
                 self._connected_here = True
-        except ConfigError:
-            raise
-        except Exception as exc:  # ConnectionError, ValueError...: one line, not a traceback
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"--ray {self.address}: cannot connect: {text}") from None
+                return
+            except ConnectionAbortedError as exc:
+                if attempt == CONNECT_TRIES:
+                    text = f"{_one_line(exc)} (tried {CONNECT_TRIES} times)"
+                    raise ConfigError(f"--ray {self.address}: cannot connect: {text}") from None
+                time.sleep(CONNECT_RETRY_S)
+            except Exception as exc:  # ConnectionError, ValueError...: one line, not a traceback
+                raise ConfigError(
+                    f"--ray {self.address}: cannot connect: {_one_line(exc)}"
+                ) from None
+
+    def start(self) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            check_reachable(self.address)
+            self._connect(ray)
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -544,3 +558,15 @@ def _death_text(exc: Exception) -> str:
 
 
 __all__ = ["NodeAgent", "RayWorkerGroup", "TimedControl"]
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: its first line, and its last when that says more (a Ray
+    client server sends "Initialization failure from server:" and then a traceback whose last
+    line is the reason)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) == 1 or not lines[0].endswith(":"):
+        return lines[0]
+    return f"{lines[0]} {lines[-1]}"
