@@ -176,6 +176,11 @@ def test_repeat_three_runs_json_table_snapshot_and_slo(
     assert d["ttft_ms"]["count"] == 45
     assert d["duration_s"] == pytest.approx(sum(x["duration_s"] for x in rep["runs"]), rel=1e-6)
     assert d["slo"]["ok"] is False
+    # the load processes' own figures: every run's (a fresh load process each run)
+    assert all(x["load_cpu_s"] > 0 for x in rep["runs"])
+    assert d["load_cpu_s"] == pytest.approx(sum(x["load_cpu_s"] for x in rep["runs"]))
+    # 8 tokens 4 ms apart: ~9 reads a request, so only every run's stamps reach 180
+    assert sum(d["receive_stamps"].values()) >= 45 * 4
     assert set(rep["figures"]) == set(FIGURES)
     for name, f in rep["figures"].items():
         assert len(f["values"]) == 3, name

@@ -130,6 +130,34 @@ class _Timeline:
 
 
 @dataclass
+class _ClientSide:
+    """The load processes' own figures over every run: each run has a fresh load process,
+    so CPU time and receive stamps add up, and the guard's verdict is the first run's that
+    found the client bound (one such run is enough to doubt the pooled figures)."""
+
+    kernel_stamps: int = 0
+    user_stamps: int = 0
+    bound: dict[str, Any] | None = None
+
+    def add(self, session: LoadSession, k: int) -> None:
+        if session.status is not None:
+            self.kernel_stamps += session.status.kernel_stamps
+            self.user_stamps += session.status.user_stamps
+        verdict = session.process.book.run_verdict()
+        if verdict.bound and self.bound is None:
+            self.bound = {**verdict.as_dict(), "run": k}
+
+    def summary(self, runs: list[RunResult]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "load_cpu_s": sum(r.load_cpu_s for r in runs),
+            "receive_stamps": {"kernel": self.kernel_stamps, "user": self.user_stamps},
+        }
+        if self.bound is not None:
+            out["client_saturation"] = self.bound
+        return out
+
+
+@dataclass
 class Repeated:
     """The pooled session (the last run's, holding every run) and the `"repeats"` block."""
 
@@ -154,6 +182,7 @@ def run_repeated(
     slo = slo or Slo()
     pooled = PooledCollector(config.window_s, slo.per_request_limits_ms())
     timeline = _Timeline()
+    client = _ClientSide()
     log = RequestLog(requests_path) if requests_path else None
     line = ProgressLine(progress)
     runs: list[RunResult] = []
@@ -178,9 +207,11 @@ def run_repeated(
                 line.clear()
             interrupted = ended.interrupted
             complete = not interrupted and session.failure is None
-            runs.append(run_result(k, run_figures(session.collector), complete, notes))
+            cpu_s = session.status.load_cpu_s if session.status else 0.0
+            runs.append(run_result(k, run_figures(session.collector), complete, notes, cpu_s))
             pooled.add_run(session.collector, f"run {k}")
             timeline.add(session)
+            client.add(session, k)
             echo(_run_line(runs[-1], n))
             if not complete:
                 break
@@ -193,7 +224,7 @@ def run_repeated(
     session.interval_recorder.intervals = timeline.intervals
     session.worker_events = timeline.worker_events
     block = repeats_block(runs, run_figures(pooled), n, ESTIMATORS)
-    return Repeated(session, interrupted, {"repeats": block}, log)
+    return Repeated(session, interrupted, {"repeats": block, **client.summary(runs)}, log)
 
 
 def _run_line(r: RunResult, n: int) -> str:

@@ -113,6 +113,7 @@ class RunResult:
     duration_s: float
     complete: bool  # ran to its end (an interrupted or failed run is pooled, not compared)
     notes: tuple[str, ...] = ()
+    load_cpu_s: float = 0.0  # the load process's CPU time in this run
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -121,14 +122,18 @@ class RunResult:
             "completed": self.completed,
             "failed": self.failed,
             "duration_s": self.duration_s,
+            "load_cpu_s": self.load_cpu_s,
             "figures": dict(self.values),
             "notes": list(self.notes),
         }
 
 
-def run_result(index: int, f: Figures, complete: bool, notes: tuple[str, ...] = ()) -> RunResult:
+def run_result(
+    index: int, f: Figures, complete: bool, notes: tuple[str, ...] = (), load_cpu_s: float = 0.0
+) -> RunResult:
+    c = f.counts
     return RunResult(
-        index, headline(f), f.counts.completed, f.counts.failed, f.duration_s, complete, notes
+        index, headline(f), c.completed, c.failed, f.duration_s, complete, notes, load_cpu_s
     )
 
 
