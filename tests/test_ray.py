@@ -15,6 +15,7 @@ import pytest
 
 from llmtop.config import LoadPlan, RunConfig, Target, Workload
 from llmtop.session import LoadSession, drive
+from llmtop.slo import Slo
 from tests.support.scripted_server import Script, ScriptedServer
 
 pytest.importorskip("ray", reason="Ray is the llmtop[ray] extra; .ci/run installs it")
@@ -54,7 +55,7 @@ def _run(cluster: Any, server: ScriptedServer, during: Any = None, **plan: Any) 
 
     def on_frame(frame: Any) -> bool:
         if during is not None:
-            during(time.monotonic() - t0)
+            during(time.monotonic() - t0, session)
         return False
 
     drive(session, on_frame)
@@ -82,6 +83,27 @@ def test_two_workers_on_two_nodes_lose_nothing_and_time_like_the_server(
     assert s["workers_lost"] == []
 
 
+def test_a_new_slo_mid_run_reaches_every_nodes_goodput(
+    cluster: Any, server: ScriptedServer
+) -> None:
+    """The UI's `l` under `--ray`: the nodes count goodput themselves (they ship figures),
+    so the new limits must reach them. No limits for the first 3 s (every request good),
+    then TTFT <= 5 ms against the server's 20 ms (none good)."""
+    switched: list[float] = []
+
+    def tighten(elapsed: float, session: LoadSession) -> None:
+        if not switched and elapsed > 3.0:
+            session.set_slo(Slo.parse("ttft_p99<=5ms"))
+            switched.append(elapsed)
+
+    session = _run(cluster, server, tighten, request_rate=30.0, duration_s=6.0)
+    s = session.summary()
+    assert switched and session.failure is None, session.failure
+    assert s["completed"] >= 150
+    # before the switch every request was good, after it none: about half are good
+    assert 0.25 * s["completed"] <= s["good_requests"] <= 0.75 * s["completed"], s
+
+
 def test_a_node_that_dies_mid_run_is_recorded_and_the_offered_rate_holds(
     cluster: Any, server: ScriptedServer
 ) -> None:
@@ -89,7 +111,7 @@ def test_a_node_that_dies_mid_run_is_recorded_and_the_offered_rate_holds(
     victim = next(n for n in cluster.list_all_nodes() if n.node_id != head)
     removed: list[float] = []
 
-    def kill(elapsed: float) -> None:
+    def kill(elapsed: float, _session: LoadSession) -> None:
         if not removed and elapsed > 3.0:
             cluster.remove_node(victim)
             removed.append(elapsed)

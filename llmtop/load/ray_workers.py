@@ -224,6 +224,11 @@ class NodeAgent:
         assert self.proc is not None
         self.proc.send(TimedControl(at, msg) if at is not None else msg)
 
+    def set_limits(self, limits_ms: dict[str, float]) -> None:
+        """The UI's `l`: this node's goodput judges by the new per-request limits from now."""
+        with self.lock:
+            self.dc.c.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
+
     def poll(self, wait_s: float = POLL_WAIT_S, raw: bool = False) -> dict[str, Any]:
         """What happened since the last poll: figures (or raw records, when `raw`), status,
         loop lags, events."""
@@ -283,7 +288,7 @@ class RayWorkerGroup(GroupBase):
         self._pending_out: list[Any] = []
         self._closed = False
         self._connected_here = False
-        self.limits_ms: dict[str, float] = {}
+        self._limits_ms: dict[str, float] = {}
         self.same_clock = False  # each node measures on its own clock
         # set by the session: whether it keeps every request (then agents ship raw records)
         self.wants_records: Any = None
@@ -320,6 +325,18 @@ class RayWorkerGroup(GroupBase):
     def describe(self) -> dict[str, Any]:
         nodes = sorted({a.node for a in self.book.accounts})
         return {"ray": {"address": self.address, "placement": self.placement, "nodes": nodes}}
+
+    @property
+    def limits_ms(self) -> dict[str, float]:
+        """The per-request SLO limits every node's collector counts goodput by."""
+        return self._limits_ms
+
+    @limits_ms.setter
+    def limits_ms(self, limits_ms: dict[str, float]) -> None:
+        self._limits_ms = dict(limits_ms)
+        if self.agents and not self._closed:  # a new SLO mid-run (the UI's `l`)
+            for i in self.live:
+                self.agents[i].set_limits.remote(self._limits_ms)
 
     def _connect(self, ray: Any) -> None:
         """`ray.init`, tried again when a Ray client server answers "Initialization failure":
