@@ -19,6 +19,7 @@ from llmtop.slo import Slo
 from llmtop.tui.app import create_app
 from llmtop.tui.messages import KneeReported
 from llmtop.tui.model import RunInfo
+from llmtop.tui.widgets.knee_curve import KneeCurve
 from llmtop.tui.widgets.timeseries import LatencyChart
 from llmtop.tui.worker import SessionDriver
 from tests.support.processes import scripted_server_process
@@ -69,6 +70,9 @@ def run_search(url: str, slo: Slo, **load: Any) -> tuple[Any, Any, list[str]]:
                 # the chart's load line is the concurrency in closed loop, not a rate
                 unit = "concurrency" if load.get("concurrency") else "offered req/s"
                 assert app.main.query_one(LatencyChart).load_unit == unit
+                # the answer stays on the curve's border, whatever the log shows since
+                answer = app.main.query_one(KneeCurve).border_subtitle
+                assert answer == done()[-1].answer and answer.startswith("knee "), answer
                 await pilot.press("q")
                 await wait_for(pilot, lambda: driver.done.is_set(), timeout=20)
 

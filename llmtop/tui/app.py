@@ -277,6 +277,9 @@ class LlmtopApp(App[int]):
 
     def on_knee_reported(self, message: KneeReported) -> None:
         self.log_event(message.text, "magenta")
+        if message.started or message.answer:  # the last answer stays in view until a new one
+            curve = self.main.query_one(KneeCurve)
+            curve.border_subtitle = redact(message.answer) or None
 
     def on_load_stopped(self, message: LoadStopped) -> None:
         self.stopped = True

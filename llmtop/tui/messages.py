@@ -63,12 +63,18 @@ class SnapshotFailed(Message):
 
 
 class KneeReported(Message):
-    """The knee search moved on (a line for the log) or ended (`done`)."""
+    """The knee search moved on (a line for the log), started, or ended (`done`); `answer`
+    is its end in a few words, kept on the curve's border where log lines cannot push it
+    out of view."""
 
-    def __init__(self, text: str, done: bool = False) -> None:
+    def __init__(
+        self, text: str, done: bool = False, started: bool = False, answer: str = ""
+    ) -> None:
         super().__init__()
         self.text = text
         self.done = done
+        self.started = started
+        self.answer = answer
 
 
 class LoadStopped(Message):

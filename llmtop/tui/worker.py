@@ -269,7 +269,8 @@ class SessionDriver:
         self._knee_result = None
         runner.apply(runner.search.start(time.perf_counter_ns() / 1e9))
         unit = "concurrent" if closed else "req/s"
-        self._post(KneeReported(f"knee search started at {start:g} {unit} (↑/↓ takes over)"))
+        text = f"knee search started at {start:g} {unit} (↑/↓ takes over)"
+        self._post(KneeReported(text, started=True))
 
     def _knee_tick(self, session: Any, frame: Any) -> None:
         """Feed the knee machine one observation (every ~0.25 s) and apply its decision."""
@@ -312,6 +313,9 @@ class SessionDriver:
             text = f"knee: {at} ({held}, {k.get('confidence', '?')} confidence), " + (
                 f"{tps:,.0f} output tok/s" if isinstance(tps, int | float) else "- tok/s"
             )
+            unit = "req/s" if k.get("rate") is not None else "concurrent"
+            answer = f"knee {at.replace('at least ', '≥ ')} {unit}, {held.split(',')[0]}"
         else:
             text = f"knee search ended without a knee: {result.reason}"
-        self._post(KneeReported(text, done=True))
+            answer = "no knee found"
+        self._post(KneeReported(text, done=True, answer=answer))
