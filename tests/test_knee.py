@@ -542,3 +542,18 @@ def test_a_confirmation_short_of_samples_stays_unconfirmed_not_stepped_down() ->
     assert not result.sustained
     assert result.knee == confirms[0].value <= 5.5
     assert "too few requests to confirm" in result.reason and "--confirm-s" in result.reason
+
+
+def test_steps_too_short_for_a_steady_state_test_are_judged_on_their_points_and_say_so() -> None:
+    """A request lives 4 s and a step may last 12 s: three batches where the test needs four.
+    That is no evidence against the server (the UI's `a` with a short --max-step once walked
+    down to 0.03 req/s, judging every step "unsteady"): the steps are judged on their point
+    estimates, the knee's confidence is at most low, and the note says how long to hold."""
+    world = World(5.5, per_unit_rate=30, e2e_s=8.0)  # E2E p50 4 s
+    plan = KneePlan(start=2, factor=2, max_value=100, min_step_s=3, max_step_s=12, confirm_s=40)
+    result, _ = drive(plan, world)
+    assert result.knee is not None and 2.5 <= result.knee <= 5.5 < result.first_bad  # type: ignore[operator]
+    assert all(s.basis != "unsteady" for s in result.steps)
+    assert result.confidence in ("low", "none")
+    note = next(n for n in result.confidence_notes if n.startswith("steps of 12 s"))
+    assert "raise --max-step to at least" in note

@@ -22,6 +22,7 @@ class Answers:
     result: KneeResult | None
     _t0: float
     _notes: list[str]
+    _untested: bool
 
     # -- the answer -----------------------------------------------------------------------
     def _end_reason(self) -> str:
@@ -104,7 +105,7 @@ class Answers:
             else:
                 score -= 1
                 notes.append("no breach seen: the knee is at least this value")
-        if not complete:
+        if not complete or self._untested:  # or judged without a steady-state test
             score = min(score, 0)
         confidence = {2: "high", 1: "medium", 0: "low"}.get(score, "none")
         return TierKnee(

@@ -119,6 +119,7 @@ class KneeSearch(Holds, Planning, Answers):
         self._retried: set[float] = set()
         self._next_after_drain = False
         self._notes: list[str] = []
+        self._untested = False  # a verdict was a point estimate: the steady state untested
         self._steady_last: Steady | None = None
         self._retry: tuple[float, str, int] | None = None
         self._drain_to = 0
@@ -364,10 +365,18 @@ class KneeSearch(Holds, Planning, Answers):
                 lims = [obs.limits[i] for i in idx]
                 if not lims or all(lo.n == 0 for lo in lims):
                     step.verdicts[t] = ("bad", "no data")
-                elif not st.ok:
+                elif not st.ok and not st.untested:
                     step.verdicts[t] = ("bad", "unsteady")
                     step.note = step.note or "; ".join(st.reasons)
+                elif st.untested and confirm:
+                    # too short a hold to test the steady state: that says nothing against
+                    # the server, and nothing for it either (as too few samples)
+                    step.verdicts[t] = ("undecided", "steady state untested")
+                    self._note_untested(st, cap)
                 else:
+                    if st.untested:  # judged on its point estimates, and said so
+                        self._note_untested(st, cap)
+                        step.note = step.note or "steady state untested (" + st.reasons[0] + ")"
                     disp = [st.dispersion(i) for i in idx]
                     if confirm:
                         ok = self._shown(lims, disp, p.confirm_alpha)
@@ -401,6 +410,19 @@ class KneeSearch(Holds, Planning, Answers):
         primary = step.tier if step.tier in judged else judged[0]
         self._close(now_s, step, obs, pvals.get(primary))
         return self._after_step(now_s, step)
+
+    def _note_untested(self, st: Steady, cap_s: float) -> None:
+        """A step ended at its longest hold before its batches (each a request's lifetime)
+        could test a steady state: its verdict is a point estimate, the knee's confidence at
+        most low, and the note says how long a step would need to be."""
+        self._untested = True
+        need = math.ceil(st.width_s * self.plan.min_batches + 1)
+        self._notes = [n for n in self._notes if not n.startswith("steps of ")]  # the latest
+        self._notes.append(
+            f"steps of {cap_s:.0f} s were too short to test a steady state ({st.batches} of "
+            f"{self.plan.min_batches} batches of a request's lifetime, {st.width_s:.1f} s): "
+            f"raise --max-step to at least {need} s"
+        )
 
     def _share_confirmation(self, step: KneeStep, obs: StepObs, st: Steady) -> None:
         """A confirmation's long hold also speaks for the other tiers whose bracket holds its
@@ -500,12 +522,13 @@ class KneeSearch(Holds, Planning, Answers):
                 if verdict == "good":
                     tier.confirmed = step.value
                     tier.confirm_step = step
-                elif basis == "too few samples":
+                elif basis in ("too few samples", "steady state untested"):
                     tier.record(step.value, "good")  # within the SLO on every point estimate
                     tier.candidate = None
+                    what = "requests" if basis == "too few samples" else "batches"
                     tier.gave_up = (
                         f"{self._fmt(step.value)} held {step.measured_s:.0f} s within the SLO,"
-                        " too few requests to confirm it: hold longer (--confirm-s)"
+                        f" too few {what} to confirm it: hold longer (--confirm-s)"
                     )
                 else:
                     self._confirm_failed(tier, step, basis)

@@ -55,6 +55,12 @@ class Steady:
     trends: tuple[tuple[float, float], ...] = ()  # per limit: (rise of the mean in ms, p)
     phi: tuple[float, ...] = field(default=())  # per limit: exceedance dispersion
     design: tuple[float, ...] = field(default=())  # per limit: batch-means design effect
+    short: bool = False  # fewer batches than the test needs
+
+    @property
+    def untested(self) -> bool:
+        """Not shown stationary only for want of batches: no evidence either way."""
+        return self.short and len(self.reasons) == 1
 
     def dispersion(self, i: int) -> float:
         """How many correlated samples make one independent one, for limit `i` (>= 1)."""
@@ -225,6 +231,7 @@ def analyse(
     )
     return Steady(
         ok=not reasons,
+        short=len(bs) < min_batches,
         batches=len(bs),
         width_s=width_s,
         reasons=tuple(reasons),
