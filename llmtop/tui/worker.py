@@ -309,11 +309,12 @@ class SessionDriver:
             held = "sustained" if k.get("sustained") else "unconfirmed"
             if k.get("first_bad") is None:  # nothing tried broke the SLO: a floor, not a knee
                 held += ", no load tried broke the SLO"
-            at = f"{value:g}" if k.get("first_bad") is not None else f"at least {value:g}"
-            text = f"knee: {at} ({held}, {k.get('confidence', '?')} confidence), " + (
-                f"{tps:,.0f} output tok/s" if isinstance(tps, int | float) else "- tok/s"
-            )
             unit = "req/s" if k.get("rate") is not None else "concurrent"
+            at = f"{value:g}" if k.get("first_bad") is not None else f"at least {value:g}"
+            conf = k.get("confidence", "?")
+            text = f"knee: {at} {unit} ({held}, {'no' if conf == 'none' else conf} confidence)"
+            if isinstance(tps, int | float):
+                text += f", {tps:,.0f} output tok/s"
             answer = f"knee {at.replace('at least ', '≥ ')} {unit}, {held.split(',')[0]}"
         else:
             text = f"knee search ended without a knee: {result.reason}"
