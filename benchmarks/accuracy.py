@@ -97,6 +97,29 @@ def client_command(
     ]
 
 
+def _command(
+    kind: str,
+    server: ServerProcess,
+    args: argparse.Namespace,
+    out: Path,
+    rate: float,
+    duration: float,
+    warmup: float,
+) -> list[str]:
+    """`client_command` with the lengths and extra flags of this benchmark's arguments."""
+    return client_command(
+        kind,
+        server.url,
+        rate,
+        duration,
+        warmup,
+        args.output_len,
+        args.input_len,
+        out,
+        args.llmtop_arg,
+    )
+
+
 FIXED_RATE, FIXED_DURATION_S = 1.0, 2.0  # the start-up run: start, a couple of requests, end
 CPU_BAR = 1.5  # every process of the client vs the floor's (issue 13)
 
@@ -106,17 +129,7 @@ def fixed_cost(server: ServerProcess, kind: str, args: argparse.Namespace) -> fl
     start, imports, preflight, spawning the load process, writing the JSON, exiting."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = client_command(
-            kind,
-            server.url,
-            FIXED_RATE,
-            FIXED_DURATION_S,
-            0.0,
-            args.output_len,
-            args.input_len,
-            out,
-            args.llmtop_arg,
-        )
+        cmd = _command(kind, server, args, out, FIXED_RATE, FIXED_DURATION_S, 0.0)
         rc, err, cpu_s = run_child(cmd, args.client_cpu, 120, args.priority)
         if rc != 0:
             raise SystemExit(f"{kind}: the start-up run failed (rc {rc}): {err[-300:]}")
@@ -149,17 +162,7 @@ def measure_once(
         wait_quiet(args.wait_quiet)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = client_command(
-            kind,
-            server.url,
-            rate,
-            args.duration,
-            args.warmup,
-            args.output_len,
-            args.input_len,
-            out,
-            args.llmtop_arg,
-        )
+        cmd = _command(kind, server, args, out, rate, args.duration, args.warmup)
         server.arm(args.warmup, args.duration, args.output_len)
         load = MachineLoad()
         server_cpu0 = server.cpu_s()
