@@ -174,12 +174,15 @@ def test_json_shape_and_rate_cap(kslot_url: str, tmp_path: Path) -> None:
 
 
 def test_concurrency_search(kslot_url: str, tmp_path: Path) -> None:
-    # TTFT p99 <= 40 ms: with 8 slots, a 9th request in flight waits for a whole service
+    # TTFT p99 <= 30 ms. With 8 slots a 9th request in flight waits for the next free slot:
+    # a whole service (56 ms) when the slots run in step, S/8 = 7 ms on average when they are
+    # staggered. Measured p99: ~21 ms at c <= 8, 38-40 ms at c = 9 staggered (a 40 ms limit
+    # once passed 9), 76 ms in step. 30 ms lies between with ~8 ms either side.
     r = run_knee_cli(
         "--url",
         kslot_url,
         "--slo",
-        "ttft_p99<=40ms",
+        "ttft_p99<=30ms",
         "--concurrency-search",
         "--start-concurrency",
         "2",
