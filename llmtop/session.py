@@ -121,7 +121,7 @@ class LoadSession:
         collector's goodput, and the workers' own per-request limits."""
         self.slo = slo
         limits_ms = slo.per_request_limits_ms()
-        self.collector.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
+        self.collector.set_request_limits_ms(limits_ms)
         self.process.limits_ms = limits_ms
 
     def start(self) -> None:

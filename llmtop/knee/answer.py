@@ -22,7 +22,7 @@ class Answers:
     result: KneeResult | None
     _t0: float
     _notes: list[str]
-    _untested: bool
+    _untested: str
 
     # -- the answer -----------------------------------------------------------------------
     def _end_reason(self) -> str:
@@ -137,6 +137,8 @@ class Answers:
                 warnings.append(f"{self._fmt(s.value)}: {w}")
         client_limited = bool(warnings)
         notes = list(first.confidence_notes) + list(dict.fromkeys(self._notes))
+        if self._untested:
+            notes.append(self._untested)
         confidence = first.confidence
         if client_limited:
             notes.append("the client, not the server, may have limited the run (see warnings)")

@@ -119,7 +119,7 @@ class KneeSearch(Holds, Planning, Answers):
         self._retried: set[float] = set()
         self._next_after_drain = False
         self._notes: list[str] = []
-        self._untested = False  # a verdict was a point estimate: the steady state untested
+        self._untested = ""  # the note when a verdict was a point estimate, steady state untested
         self._steady_last: Steady | None = None
         self._retry: tuple[float, str, int] | None = None
         self._drain_to = 0
@@ -414,11 +414,9 @@ class KneeSearch(Holds, Planning, Answers):
     def _note_untested(self, st: Steady, cap_s: float) -> None:
         """A step ended at its longest hold before its batches (each a request's lifetime)
         could test a steady state: its verdict is a point estimate, the knee's confidence at
-        most low, and the note says how long a step would need to be."""
-        self._untested = True
+        most low, and the note (the latest such step's) says how long a step would need to be."""
         need = math.ceil(st.width_s * self.plan.min_batches + 1)
-        self._notes = [n for n in self._notes if not n.startswith("steps of ")]  # the latest
-        self._notes.append(
+        self._untested = (
             f"steps of {cap_s:.0f} s were too short to test a steady state ({st.batches} of "
             f"{self.plan.min_batches} batches of a request's lifetime, {st.width_s:.1f} s): "
             f"raise --max-step to at least {need} s"

@@ -227,7 +227,7 @@ class NodeAgent:
     def set_limits(self, limits_ms: dict[str, float]) -> None:
         """The UI's `l`: this node's goodput judges by the new per-request limits from now."""
         with self.lock:
-            self.dc.c.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
+            self.dc.c.set_request_limits_ms(limits_ms)
 
     def poll(self, wait_s: float = POLL_WAIT_S, raw: bool = False) -> dict[str, Any]:
         """What happened since the last poll: figures (or raw records, when `raw`), status,

@@ -113,7 +113,7 @@ class Collector:
         self, window_s: float = 10.0, request_limits_ms: dict[str, float] | None = None
     ) -> None:
         self.window_s = window_s
-        self.request_limits_us = {m: v * 1000 for m, v in (request_limits_ms or {}).items()}
+        self.set_request_limits_ms(request_limits_ms or {})
         self.steps: list[Step] = []
         # records of a step already packed away: in the run's figures, not in their step's
         # (the summary reports them as `late_records`)
@@ -150,6 +150,10 @@ class Collector:
 
     def measurement_started(self, t_ns: int) -> None:
         self.measure_from_ns = t_ns
+
+    def set_request_limits_ms(self, limits_ms: dict[str, float]) -> None:
+        """The per-request SLO limits goodput counts by (a new SLO mid-run: the UI's `l`)."""
+        self.request_limits_us = {m: v * 1000 for m, v in limits_ms.items()}
 
     def add(self, recs: Iterable[RequestRecord]) -> None:
         """Take a batch of records; histogram samples are recorded in bulk with numpy.
